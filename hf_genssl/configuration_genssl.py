@@ -1,0 +1,131 @@
+"""Configuration of the GenSSL language model (``model_type = "genssl"``).
+
+One decoder-only Transformer serves every objective of the paper: the objective is chosen by the
+data collator (group ids, masks, labels), never by the config. The only objective-related setting
+here is how the *content stream* attends when no ``group_ids`` are given, i.e. at fine-tuning,
+feature-extraction and generation time: ``"causal"`` for checkpoints pretrained (semi-)autoregressively,
+``"bidirectional"`` for checkpoints pretrained with a masked objective.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from transformers import PretrainedConfig
+
+__all__ = ["GenSSLConfig", "CONTENT_ATTENTION_MODES", "GENSSL_AUTO_MAP"]
+
+CONTENT_ATTENTION_MODES = ("causal", "bidirectional")
+
+# Written into every saved config so that each Auto class finds its code with trust_remote_code=True, in a
+# process that cannot import hf_genssl (save_pretrained alone records only the class being saved).
+GENSSL_AUTO_MAP = {
+    "AutoConfig": "configuration_genssl.GenSSLConfig",
+    "AutoModel": "modeling_genssl.GenSSLModel",
+    "AutoModelForPreTraining": "modeling_genssl.GenSSLForPreTraining",
+    "AutoModelForCausalLM": "modeling_genssl.GenSSLForCausalLM",
+    "AutoModelForMaskedLM": "modeling_genssl.GenSSLForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_genssl.GenSSLForSequenceClassification",
+}
+
+
+class GenSSLConfig(PretrainedConfig):
+    r"""Configuration for [`GenSSLModel`] and its heads.
+
+    Args:
+        vocab_size: Size of the token vocabulary.
+        hidden_size: Width of the residual stream.
+        num_hidden_layers: Number of Transformer blocks.
+        num_attention_heads: Attention heads per block (must divide ``hidden_size``).
+        intermediate_size: Width of the MLP; defaults to ``4 * hidden_size``.
+        hidden_act: MLP activation (a key of ``transformers.activations.ACT2FN``).
+        max_position_embeddings: Longest sequence the model accepts.
+        position_embedding_type: Only ``"absolute"`` (learned, GPT-2 style). Why absolute: the query
+            stream must start from "a learned vector plus position" and the two streams share one
+            attention call; with learned absolute positions both streams get their position by a plain
+            addition, the KV cache stays position-free, and the same choice is used by the ViT
+            (whose 2-D grid ViT/MAE also encode with absolute embeddings). It also keeps our AR
+            baseline identical in shape to GPT-2, which the benchmarks compare against.
+        hidden_dropout_prob: Dropout on embeddings, attention output and MLP output.
+        attention_probs_dropout_prob: Dropout on attention probabilities.
+        layer_norm_eps: Epsilon of the (pre-)LayerNorms.
+        initializer_range: Std of the normal initialisation.
+        content_attention: How the content stream attends when no ``group_ids`` are given:
+            ``"causal"`` (token i sees j <= i) or ``"bidirectional"`` (every real token sees every real token).
+        classifier_pooling: How [`GenSSLForSequenceClassification`] pools the sequence: ``"last"`` (last
+            real token, natural for causal models), ``"mean"`` (mean over real tokens) or ``"auto"``
+            (``"last"`` for causal, ``"mean"`` for bidirectional).
+        classifier_dropout: Dropout before the classification head (defaults to ``hidden_dropout_prob``).
+        tie_word_embeddings: Share the input embedding with the LM head.
+        bos_token_id / eos_token_id / pad_token_id / mask_token_id: Special token ids. ``bos_token_id``
+            matters: the BOS token is the always-visible first token of every sequence, so no
+            attention row of the query stream is ever empty.
+    """
+
+    model_type = "genssl"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 4,
+        intermediate_size: int | None = None,
+        hidden_act: str = "gelu",
+        max_position_embeddings: int = 512,
+        position_embedding_type: Literal["absolute"] = "absolute",
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        content_attention: Literal["causal", "bidirectional"] = "causal",
+        classifier_pooling: Literal["auto", "last", "mean"] = "auto",
+        classifier_dropout: float | None = None,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | None = 2,
+        pad_token_id: int | None = 0,
+        mask_token_id: int | None = 4,
+        **kwargs,
+    ):
+        if hidden_size % num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}); "
+                "change one of them."
+            )
+        if content_attention not in CONTENT_ATTENTION_MODES:
+            raise ValueError(f"content_attention must be one of {CONTENT_ATTENTION_MODES}, got {content_attention!r}.")
+        if classifier_pooling not in ("auto", "last", "mean"):
+            raise ValueError(f"classifier_pooling must be 'auto', 'last' or 'mean', got {classifier_pooling!r}.")
+        if position_embedding_type != "absolute":
+            raise ValueError(f"Only position_embedding_type='absolute' is implemented, got {position_embedding_type!r}.")
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.position_embedding_type = position_embedding_type
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.content_attention = content_attention
+        self.classifier_pooling = classifier_pooling
+        self.classifier_dropout = classifier_dropout
+        self.use_cache = use_cache
+        self.mask_token_id = mask_token_id
+        kwargs["auto_map"] = {**GENSSL_AUTO_MAP, **(kwargs.get("auto_map") or {})}
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+
+GenSSLConfig.register_for_auto_class()

@@ -1,0 +1,524 @@
+"""GenSSL language model: a decoder-only Transformer with an optional second (query) stream.
+
+Read top to bottom:
+
+1. ``GenSSLPreTrainedModel``  - weight init and the transformers plumbing.
+2. ``GenSSLModel``            - embeddings, the one visibility rule, the block stack.
+3. Heads                      - pretraining (two-stream or masked), causal LM, masked LM, sequence classification.
+
+How a forward pass decides what sees what: the caller (a data collator) gives ``group_ids``; the model
+turns them into one boolean mask with :func:`~two_stream_attention.visibility_mask` and never asks
+which objective produced them. Without ``group_ids`` only the content stream runs, with group ids
+derived from ``config.content_attention`` (positions for ``causal``, zeros for ``bidirectional``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import (
+    CausalLMOutputWithPast,
+    MaskedLMOutput,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.utils import ModelOutput
+
+try:  # transformers >= 5: init helpers that respect `_is_hf_initialized`
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x
+    from torch.nn import init
+
+from .configuration_genssl import GenSSLConfig
+from .two_stream_attention import TwoStreamBlock, visibility_mask
+
+__all__ = [
+    "GenSSLPreTrainedModel",
+    "GenSSLModel",
+    "GenSSLModelOutput",
+    "GenSSLForPreTraining",
+    "GenSSLForPreTrainingOutput",
+    "GenSSLForCausalLM",
+    "GenSSLForMaskedLM",
+    "GenSSLForSequenceClassification",
+]
+
+# Keys of cached tokens get this group id: everything already in the KV cache is visible to every new row.
+_ALWAYS_VISIBLE = torch.iinfo(torch.long).min // 2
+
+
+@dataclass
+class GenSSLModelOutput(ModelOutput):
+    """Output of [`GenSSLModel`].
+
+    Args:
+        last_hidden_state: ``(batch, seq, hidden)`` content stream after the final LayerNorm (``None`` when the
+            caller asked to skip the content stream of the last layer).
+        query_hidden_state: ``(batch, seq, hidden)`` query stream after the final LayerNorm; row i is the
+            representation that predicts token i. Only when ``group_ids`` are given.
+        past_key_values: KV cache of the content stream.
+        hidden_states: content stream after the embeddings and after each block, when requested.
+        attentions: attention probabilities of each block (eager attention only), rows ``[content; query]``.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    query_hidden_state: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class GenSSLForPreTrainingOutput(ModelOutput):
+    """Output of [`GenSSLForPreTraining`].
+
+    Args:
+        loss: mean cross-entropy over positions whose label is not -100.
+        logits: ``(batch, seq, vocab)``: ``logits[:, i]`` predicts token i (query stream with ``group_ids``,
+            content stream without). With ``only_target_logits=True`` and labels: ``(num_targets, vocab)``, the
+            rows of the target positions in row-major order (``labels != -100``).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class GenSSLPreTrainedModel(PreTrainedModel):
+    config_class = GenSSLConfig
+    config: GenSSLConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TwoStreamBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = False  # arbitrary (2T x T) masks: no flash-attention kernel takes them
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, GenSSLModel):
+            init.normal_(module.query_stream_start, mean=0.0, std=self.config.initializer_range)
+
+
+class GenSSLModel(GenSSLPreTrainedModel):
+    """The bare backbone. Returns the content stream and, given ``group_ids``, the query stream.
+
+    The query stream starts from one learned vector (``query_stream_start``) plus the position embedding:
+    it knows *where* it predicts but never *what* is there.
+    """
+
+    def __init__(self, config: GenSSLConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.query_stream_start = nn.Parameter(torch.zeros(config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layers = nn.ModuleList(TwoStreamBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    # -- inputs -> (positions, group ids, mask) ---------------------------------------------------------------
+
+    def _positions(self, attention_mask: torch.Tensor, past_length: int) -> torch.Tensor:
+        """Position of each new token counted over real tokens only, so left or right padding changes nothing."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
+        if positions.numel() and int(positions.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {int(positions.max()) + 1} tokens is longer than the model's "
+                f"max_position_embeddings={self.config.max_position_embeddings}; truncate the input "
+                "(e.g. tokenizer(..., truncation=True, max_length=...)) or score it in windows."
+            )
+        return positions
+
+    def _default_group_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """Group ids of the content stream when the caller gives none: the configured attention."""
+        if self.config.content_attention == "causal":
+            return positions
+        return torch.zeros_like(positions)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        group_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        return_content_stream: bool = True,
+        **kwargs,
+    ) -> GenSSLModelOutput | tuple:
+        r"""
+        Args:
+            input_ids: ``(batch, seq)`` token ids.
+            attention_mask: ``(batch, past + seq)``; 1 for real tokens, 0 for padding.
+            group_ids: ``(batch, seq)`` integer order of the tokens. When given, a second (query) stream runs:
+                content token i sees j iff ``group_ids[j] <= group_ids[i]``; query row i sees content j iff
+                ``group_ids[j] < group_ids[i]``. Tokens already in ``past_key_values`` are visible to every row.
+            position_ids: override the positions (default: counted over real tokens of ``attention_mask``).
+            return_content_stream: ``False`` skips the content stream of the last block (only the query stream
+                is read during pretraining); ``last_hidden_state`` is then ``None``.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch_size, seq_length = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, past_length + seq_length, dtype=torch.long, device=device)
+        if attention_mask.shape != (batch_size, past_length + seq_length):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but should be "
+                f"(batch, past + seq) = {(batch_size, past_length + seq_length)}."
+            )
+        positions = position_ids if position_ids is not None else self._positions(attention_mask, past_length)
+
+        two_streams = group_ids is not None
+        if two_streams and group_ids.shape != (batch_size, seq_length):
+            raise ValueError(
+                f"group_ids has shape {tuple(group_ids.shape)} but input_ids has {(batch_size, seq_length)}; "
+                "give one group id per input token (the data collators do this)."
+            )
+        content_gids = group_ids.long() if two_streams else self._default_group_ids(positions)
+
+        # One mask for both streams: rows [content; query] against content keys (cached ones always visible).
+        cached_gids = torch.full((batch_size, past_length), _ALWAYS_VISIBLE, dtype=torch.long, device=device)
+        key_gids = torch.cat([cached_gids, content_gids], dim=1)
+        row_limits = torch.cat([content_gids + 1, content_gids], dim=1) if two_streams else content_gids + 1
+        mask = visibility_mask(row_limits, key_gids, attention_mask)
+
+        position_embeds = self.embed_positions(positions)
+        hidden_states = self.dropout(inputs_embeds + position_embeds)
+        if two_streams:
+            query_stream = self.dropout(self.query_stream_start.to(position_embeds.dtype) + position_embeds)
+            hidden_states = torch.cat([hidden_states, query_stream], dim=1)
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        n_content = seq_length
+        for index, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states[:, :n_content],)
+            last = index == len(self.layers) - 1
+            content_queries = not (last and two_streams and not return_content_stream)
+            hidden_states, attn_weights = layer(
+                hidden_states,
+                n_content,
+                mask if content_queries else mask[:, :, n_content:],
+                content_queries=content_queries,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            )
+            if output_attentions:
+                all_attentions += (attn_weights,)
+            if not content_queries:
+                n_content = 0  # only query rows are left
+        hidden_states = self.norm(hidden_states)
+
+        content_out = hidden_states[:, :n_content] if n_content else None
+        query_out = hidden_states[:, n_content:] if two_streams else None
+        if output_hidden_states and content_out is not None:
+            all_hidden_states += (content_out,)
+
+        output = GenSSLModelOutput(
+            last_hidden_state=content_out,
+            query_hidden_state=query_out,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Heads
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _check_labels(labels: torch.Tensor | None, reference: torch.Tensor, name: str = "input_ids") -> None:
+    if labels is not None and labels.shape != reference.shape[:2]:
+        raise ValueError(
+            f"labels has shape {tuple(labels.shape)} but {name} has {tuple(reference.shape[:2])}; "
+            "give one label per token, -100 where nothing is predicted."
+        )
+
+
+class _LMHeadMixin:
+    """Vocabulary projection tied to the input embedding (``_tied_weights_keys`` tells transformers 5)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head = new_embeddings
+
+
+class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
+    """Pretraining head for every objective; the collator's tensors pick the objective.
+
+    * with ``group_ids`` (AR, semi-AR, MPNet-style masked): ``logits[:, i]`` is the query stream's prediction
+      of token i, made from content of earlier groups only;
+    * without (masked LM with ``[MASK]`` tokens in ``input_ids``): ``logits[:, i]`` is the content stream's
+      prediction at i.
+
+    ``only_target_logits=True`` runs the vocabulary projection only where ``labels != -100``. For masked
+    pretraining that is ~15% of positions, and the projection is the largest matmul of a small model, so the
+    training loop uses it; BERT computes it everywhere.
+    """
+
+    def __init__(self, config: GenSSLConfig):
+        super().__init__(config)
+        self.model = GenSSLModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        group_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        only_target_logits: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GenSSLForPreTrainingOutput | tuple:
+        _check_labels(labels, input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            group_ids=group_ids,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            return_content_stream=False,
+            **kwargs,
+        )
+        hidden = outputs.query_hidden_state if group_ids is not None else outputs.last_hidden_state
+
+        loss = None
+        if labels is not None and only_target_logits:
+            targets = labels != -100
+            logits = self.lm_head(hidden[targets])
+            loss = nn.functional.cross_entropy(logits.float(), labels[targets])
+        else:
+            logits = self.lm_head(hidden)
+            if labels is not None:
+                loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+        output = GenSSLForPreTrainingOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
+    """Left-to-right language model over the content stream (``content_attention="causal"``), with a KV cache.
+
+    ``logits[:, i]`` predicts token ``i + 1``; ``labels`` are the input ids (shifted inside), as in GPT-2.
+    """
+
+    def __init__(self, config: GenSSLConfig):
+        super().__init__(config)
+        self.model = GenSSLModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        if self.config.content_attention != "causal" and (past_key_values is not None or use_cache):
+            raise ValueError(
+                "This checkpoint's content stream is bidirectional (masked pretraining); a KV cache would change "
+                "its predictions. Generate from it by iterative unmasking instead, or pass use_cache=False."
+            )
+        _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        kwargs.pop("cache_position", None)
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
+    """Masked-LM head over the content stream: ``logits[:, i]`` predicts the token at i (no shift).
+
+    Meant for checkpoints with ``content_attention="bidirectional"``; it powers the ``fill-mask`` pipeline.
+    """
+
+    def __init__(self, config: GenSSLConfig):
+        super().__init__(config)
+        self.model = GenSSLModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput | tuple:
+        _check_labels(labels, input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        output = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
+    """Sequence classification / regression on the pooled content stream (``config.problem_type`` as in transformers).
+
+    Pooling (``config.classifier_pooling``): the last real token for causal checkpoints (the only one that has
+    seen the whole input), the mean over real tokens for bidirectional ones.
+    """
+
+    def __init__(self, config: GenSSLConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = GenSSLModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooling = self.config.classifier_pooling
+        if pooling == "auto":
+            pooling = "last" if self.config.content_attention == "causal" else "mean"
+        real = attention_mask.to(hidden.dtype)
+        if pooling == "mean":
+            return (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (attention_mask.long() * (positions + 1)).argmax(-1)  # last real token, left or right padding
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        if labels is not None and labels.shape[0] != reference.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} rows but the batch has {reference.shape[0]} sequences.")
+        if attention_mask is None:
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.score(self.dropout(self._pool(outputs.last_hidden_state, attention_mask)))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        output = SequenceClassifierOutputWithPast(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# Save the code files with every checkpoint (see `GenSSLConfig.auto_map` for the full map).
+GenSSLModel.register_for_auto_class("AutoModel")
+GenSSLForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+GenSSLForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+GenSSLForMaskedLM.register_for_auto_class("AutoModelForMaskedLM")
+GenSSLForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

@@ -1,0 +1,206 @@
+"""Two-stream attention with one visibility rule, shared by the language model and the ViT.
+
+Every objective of the paper is a choice of a per-token **group id** ``gid`` (an order):
+
+* content stream ``h``: token i may attend to token j iff ``gid[j] <= gid[i]``;
+* query stream ``g``:   position i may attend to content j iff ``gid[j] <  gid[i]``.
+
+``gid = arange(T)`` is autoregressive, ``arange(T) // g`` semi-autoregressive, ``zeros`` bidirectional,
+"unmasked 0 / masked 1" is MPNet-style masked modelling. Both comparisons are the same test
+``gid[j] < limit[i]`` with ``limit = gid + 1`` for content rows and ``limit = gid`` for query rows, so
+the whole module holds one rule and never asks which objective it is serving.
+
+Keys and values come from the content stream only, so both streams run as ONE attention call per
+layer: the rows ``[h; g]`` are stacked along the sequence axis (``2T`` queries) against the ``T``
+content keys, with a ``(2T x T)`` boolean mask. Projections and MLPs run once on the stacked rows.
+
+Written by hand because no maintained library has it: transformers' XLNet runs the streams as two
+separate einsum attentions over a relative-position scheme, and ``masking_utils`` builds square
+(self-attention) masks only. The attention kernel itself is transformers' attention interface
+(``sdpa`` by default, dispatching to ``torch.nn.functional.scaled_dot_product_attention``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+__all__ = [
+    "visibility_mask",
+    "eager_attention_forward",
+    "TwoStreamAttention",
+    "TwoStreamMLP",
+    "TwoStreamBlock",
+]
+
+
+def visibility_mask(
+    row_limits: torch.Tensor,
+    key_group_ids: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The one visibility rule: row i may see key j iff ``key_group_ids[j] < row_limits[i]`` and j is real.
+
+    Args:
+        row_limits: ``(batch, rows)``; ``gid + 1`` for content-stream rows, ``gid`` for query-stream rows.
+        key_group_ids: ``(batch, keys)`` group id of each key (content token).
+        key_padding_mask: ``(batch, keys)``, 1/True for real tokens, 0/False for padding.
+
+    Returns:
+        Boolean mask ``(batch, 1, rows, keys)``; True = may attend (the SDPA convention).
+
+    A row with nothing to see (the query row of the always-visible BOS/CLS token, which is never a
+    target) would make softmax return NaN; such rows are pointed at the first real key instead. Their
+    outputs are never read as predictions, and no other row is affected.
+    """
+    visible = key_group_ids[:, None, :] < row_limits[:, :, None]
+    if key_padding_mask is not None:
+        key_padding_mask = key_padding_mask.bool()
+        visible = visible & key_padding_mask[:, None, :]
+        first_key = key_padding_mask & (key_padding_mask.cumsum(-1) == 1)
+    else:
+        first_key = torch.zeros_like(key_group_ids, dtype=torch.bool)
+        first_key[:, 0] = True
+    empty_rows = ~visible.any(-1, keepdim=True)
+    visible = visible | (empty_rows & first_key[:, None, :])
+    return visible[:, None]
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain matmul-softmax-matmul attention; same contract as transformers' ``sdpa_attention_forward``.
+
+    Accepts the boolean (True = attend) masks built by :func:`visibility_mask` as well as additive float masks.
+    Returns ``(batch, rows, heads, head_dim)`` and the attention probabilities.
+    """
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return output, probs
+
+
+class TwoStreamAttention(nn.Module):
+    """Multi-head attention whose queries may come from both streams but whose keys/values come from content only.
+
+    ``hidden_states`` holds the rows ``[content (n_content rows); query stream]``. Keys and values are
+    projected from the first ``n_content`` rows only; with ``content_queries=False`` (the last layer of a
+    pretraining forward, where no one reads the content stream) the content rows are not used as queries.
+    """
+
+    is_causal = False  # the mask always carries the pattern; never let SDPA add its own causal mask
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        n_content: int,
+        attention_mask: torch.Tensor,
+        content_queries: bool = True,
+        past_key_values=None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        content = hidden_states[:, :n_content]
+        queries = hidden_states if content_queries else hidden_states[:, n_content:]
+        query = self._heads(self.q_proj(queries))
+        key = self._heads(self.k_proj(content))
+        value = self._heads(self.v_proj(content))
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        output = output.reshape(output.shape[0], output.shape[1], -1)
+        return self.o_proj(output), weights
+
+
+class TwoStreamMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc_out(self.act(self.fc_in(x))))
+
+
+class TwoStreamBlock(GradientCheckpointingLayer):
+    """Pre-LayerNorm Transformer block over stacked ``[content; query]`` rows, weights shared by both streams."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = TwoStreamAttention(config, layer_idx)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = TwoStreamMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        n_content: int,
+        attention_mask: torch.Tensor,
+        content_queries: bool = True,
+        past_key_values=None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the updated rows (all rows, or only the query-stream rows when ``content_queries=False``)."""
+        attn_out, weights = self.attn(
+            self.ln_1(hidden_states),
+            n_content,
+            attention_mask,
+            content_queries=content_queries,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
+        residual = hidden_states if content_queries else hidden_states[:, n_content:]
+        hidden_states = residual + self.dropout(attn_out)
+        hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        return hidden_states, weights

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tokenizer trained on text made here and tiny configs, so nothing needs the Hub."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+WORDS = (
+    "the of and to a in that is was he for it with as his on be at by i this had not are but from or have an they "
+    "which one you were her all she there would their we him been has when who will more no if out so said what up "
+    "its about into than them can only other new some could time these two may then do first any my now such like "
+    "our over man me even most made after also did many before must through back years where much your way well"
+).split()
+
+
+def make_texts(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))).capitalize() + "." for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    return make_texts()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(texts):
+    from hf_genssl import train_tokenizer
+
+    return train_tokenizer(texts, vocab_size=512, model_max_length=64)
+
+
+def tiny_config(**overrides):
+    from hf_genssl import GenSSLConfig
+
+    values = dict(
+        vocab_size=512,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    values.update(overrides)
+    return GenSSLConfig(**values)

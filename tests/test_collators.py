@@ -1,0 +1,166 @@
+"""Collator statistics and contracts: the objectives live here, so they are checked over many batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_genssl import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
+
+
+def sequences(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
+    return [torch.randint(10, 500, (k,), generator=g).tolist() for k in lengths]
+
+
+def group_sizes(gids: torch.Tensor, valid: torch.Tensor) -> list[list[int]]:
+    """Sizes of the consecutive groups after BOS, per row, computed with a plain loop."""
+    out = []
+    for row, ok in zip(gids.tolist(), valid.tolist()):
+        row = [g for g, v in zip(row, ok) if v][1:]
+        sizes, previous = [], None
+        for g in row:
+            if g == previous:
+                sizes[-1] += 1
+            else:
+                assert previous is None or g == previous + 1, "groups must be consecutive and increasing"
+                sizes.append(1)
+            previous = g
+        out.append(sizes)
+    return out
+
+
+class TestSemiAutoregressive:
+    def make(self, **kw):
+        return DataCollatorForSemiAutoregressiveLM(bos_token_id=1, pad_token_id=0, seed=0, **kw)
+
+    @pytest.mark.parametrize("g", [1, 2, 3, 5])
+    def test_fixed_group_size(self, g):
+        batch = self.make(group_size=g)(sequences(32, 1, 41))
+        valid = batch["attention_mask"].bool()
+        assert torch.all(batch["group_ids"][:, 0] == 0)
+        for sizes in group_sizes(batch["group_ids"], valid):
+            assert all(s == g for s in sizes[:-1]) and 1 <= sizes[-1] <= g
+
+    def test_sizes_drawn_from_a_set(self):
+        batch = self.make(group_size=[1, 4])(sequences(64, 30, 60))
+        all_sizes = [s for row in group_sizes(batch["group_ids"], batch["attention_mask"].bool()) for s in row[:-1]]
+        assert set(all_sizes) == {1, 4}
+        assert 0.4 < sum(s == 1 for s in all_sizes) / len(all_sizes) < 0.6  # each size drawn with prob 1/2
+
+    def test_random_cut_points(self):
+        batch = self.make(group_size="random", cut_probability=0.25)(sequences(64, 100, 120))
+        sizes = [s for row in group_sizes(batch["group_ids"], batch["attention_mask"].bool()) for s in row[:-1]]
+        assert abs(sum(sizes) / len(sizes) - 4.0) < 0.4  # geometric with mean 1/p
+
+    def test_bos_labels_and_padding(self):
+        batch = self.make(group_size=2)([[5, 6, 7], [1, 8], [9]])
+        assert batch["input_ids"].tolist() == [[1, 5, 6, 7], [1, 8, 0, 0], [1, 9, 0, 0]]  # BOS added once
+        assert batch["labels"].tolist() == [[-100, 5, 6, 7], [-100, 8, -100, -100], [-100, 9, -100, -100]]
+        assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]]
+        # dict input and odd lengths, max_length truncation keeps the BOS
+        batch = self.make(group_size=2, max_length=4)([{"input_ids": list(range(10, 17))}])
+        assert batch["input_ids"].tolist() == [[1, 10, 11, 12]]
+
+    def test_seeded(self):
+        data = sequences(8, 5, 30)
+        a = self.make(group_size="random")(data)["group_ids"]
+        b = self.make(group_size="random")(data)["group_ids"]
+        assert torch.equal(a, b)
+
+    @pytest.mark.parametrize("bad", [0, -1, [2, 0], "sometimes", []])
+    def test_bad_group_size(self, bad):
+        with pytest.raises(ValueError, match="group_size"):
+            self.make(group_size=bad)
+
+    def test_tokenizer_without_bos(self, tokenizer):
+        class NoBos:
+            bos_token_id = None
+            pad_token_id = 0
+
+        with pytest.raises(ValueError, match="BOS"):
+            DataCollatorForSemiAutoregressiveLM(tokenizer=NoBos())
+        DataCollatorForSemiAutoregressiveLM(tokenizer=tokenizer)  # the built-in tokenizer has everything
+
+
+class TestVariableLengthMasking:
+    def make(self, **kw):
+        kw.setdefault("seed", 0)
+        return DataCollatorForVariableLengthMasking(
+            bos_token_id=1, pad_token_id=0, mask_token_id=4, vocab_size=512, **kw
+        )
+
+    @pytest.mark.parametrize("stratified", [True, False])
+    @pytest.mark.parametrize("lo,hi", [(0.1, 0.9), (0.15, 0.5)])
+    def test_ratio_statistics(self, lo, hi, stratified):
+        collator = self.make(mask_ratio_range=(lo, hi), stratified=stratified)
+        ratios = []
+        for step in range(40):
+            batch = collator(sequences(16, 200, 200, seed=step))  # long rows: rounding is negligible
+            targets = (batch["labels"] != -100).sum(1).float()
+            ratios.append(targets / 200)
+        ratios = torch.cat(ratios)
+        assert abs(ratios.mean().item() - (lo + hi) / 2) < 0.02
+        assert ratios.min().item() < lo + 0.05 and ratios.max().item() > hi - 0.05  # covers the range
+        assert ratios.min().item() >= lo - 0.01 and ratios.max().item() <= hi + 0.01
+
+    def test_stratified_batches_cover_the_range(self):
+        ratios = self.make(mask_ratio_range=(0.1, 0.9)).draw_ratios(8)
+        bins = ((ratios - 0.1) / 0.8 * 8).long().clamp(max=7)
+        assert sorted(bins.tolist()) == list(range(8))  # one draw in each eighth of the range
+
+    def test_fixed_ratio_is_bert(self):
+        batch = self.make(mask_ratio_range=(0.15, 0.15))(sequences(8, 100, 100))
+        assert ((batch["labels"] != -100).sum(1) == 15).all()
+
+    def test_specials_and_padding_never_masked_and_one_target_minimum(self):
+        data = [[1, 2, 7], [8], [9, 10, 11, 12, 13, 14, 15]]  # 2 = eos (special), short rows
+        collator = DataCollatorForVariableLengthMasking(
+            bos_token_id=1, pad_token_id=0, mask_token_id=4, vocab_size=512, mask_ratio_range=(0.01, 0.02), seed=0
+        )
+        collator._special_ids = torch.tensor([0, 1, 2, 4])
+        for _ in range(20):
+            batch = collator(data)
+            targets = batch["labels"] != -100
+            assert (targets.sum(1) >= 1).all()
+            assert not targets[:, 0].any()  # BOS
+            assert not targets[batch["attention_mask"] == 0].any()
+            assert not targets[0, 1]  # the EOS (row 0 already starts with BOS: [1, 2, 7])
+
+    def test_replacement_proportions(self):
+        collator = self.make(mask_ratio_range=(0.5, 0.5))
+        data = sequences(64, 100, 100)
+        batch = collator(data)
+        originals = torch.tensor([[1] + row for row in data])
+        targets = batch["labels"] != -100
+        assert torch.equal(batch["labels"][targets], originals[targets])
+        n = targets.sum().item()
+        masked = (batch["input_ids"][targets] == 4).sum().item() / n
+        kept = (batch["input_ids"][targets] == originals[targets]).sum().item() / n
+        assert abs(masked - 0.8) < 0.03 and abs(kept - 0.1) < 0.03  # 10% random (a few collide with the original)
+        assert torch.equal(batch["input_ids"][~targets], originals[~targets])
+
+    def test_two_stream_variant(self):
+        batch = self.make(mask_ratio_range=(0.3, 0.3), return_group_ids=True)(sequences(4, 50, 50))
+        targets = batch["labels"] != -100
+        assert torch.equal(batch["group_ids"], targets.long())
+        assert not (batch["input_ids"] == 4).any()  # originals kept; the query stream hides them
+
+    @pytest.mark.parametrize("bad", [(0.0, 0.5), (0.6, 0.4), (0.5, 1.2), (-0.1, 0.2)])
+    def test_bad_ratio_range(self, bad):
+        with pytest.raises(ValueError, match="mask_ratio_range"):
+            self.make(mask_ratio_range=bad)
+
+    def test_tokenizer_without_mask_token(self):
+        class NoMask:
+            bos_token_id, pad_token_id, mask_token_id = 1, 0, None
+
+        with pytest.raises(ValueError, match="mask token"):
+            DataCollatorForVariableLengthMasking(tokenizer=NoMask())
+
+    def test_real_tokenizer(self, tokenizer, texts):
+        collator = DataCollatorForVariableLengthMasking(tokenizer=tokenizer, mask_ratio_range=(0.2, 0.8), seed=0)
+        batch = collator([tokenizer(t)["input_ids"] for t in texts[:8]])
+        assert (batch["input_ids"][:, 0] == tokenizer.bos_token_id).all()
+        assert (batch["input_ids"] == tokenizer.mask_token_id).any()

@@ -131,15 +131,18 @@ class GenSSLModel(GenSSLPreTrainedModel):
 
     # -- inputs -> (positions, group ids, mask) ---------------------------------------------------------------
 
-    def _positions(self, attention_mask: torch.Tensor, past_length: int) -> torch.Tensor:
-        """Position of each new token counted over real tokens only, so left or right padding changes nothing."""
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
+    def _check_positions(self, positions: torch.Tensor) -> None:
         if positions.numel() and int(positions.max()) >= self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence of {int(positions.max()) + 1} tokens is longer than the model's "
                 f"max_position_embeddings={self.config.max_position_embeddings}; truncate the input "
                 "(e.g. tokenizer(..., truncation=True, max_length=...)) or score it in windows."
             )
+
+    def _positions(self, attention_mask: torch.Tensor, past_length: int) -> torch.Tensor:
+        """Position of each new token counted over real tokens only, so left or right padding changes nothing."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
+        self._check_positions(positions)
         return positions
 
     def _default_group_ids(self, positions: torch.Tensor) -> torch.Tensor:
@@ -161,6 +164,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_content_stream: bool = True,
+        query_group_ids: torch.LongTensor | None = None,
+        query_position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> GenSSLModelOutput | tuple:
         r"""
@@ -173,6 +178,10 @@ class GenSSLModel(GenSSLPreTrainedModel):
             position_ids: override the positions (default: counted over real tokens of ``attention_mask``).
             return_content_stream: ``False`` skips the content stream of the last block (only the query stream
                 is read during pretraining); ``last_hidden_state`` is then ``None``.
+            query_group_ids / query_position_ids: ``(batch, n_query)``: place the query-stream rows explicitly
+                instead of one per input token. Query row r predicts the token at ``query_position_ids[r]`` from
+                content with group id ``< query_group_ids[r]``. Used by decoding: the rows for the next token (or
+                the next group) ride along with the content pass of the tokens just emitted.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -200,24 +209,31 @@ class GenSSLModel(GenSSLPreTrainedModel):
             )
         positions = position_ids if position_ids is not None else self._positions(attention_mask, past_length)
 
-        two_streams = group_ids is not None
-        if two_streams and group_ids.shape != (batch_size, seq_length):
+        if group_ids is not None and group_ids.shape != (batch_size, seq_length):
             raise ValueError(
                 f"group_ids has shape {tuple(group_ids.shape)} but input_ids has {(batch_size, seq_length)}; "
                 "give one group id per input token (the data collators do this)."
             )
-        content_gids = group_ids.long() if two_streams else self._default_group_ids(positions)
+        if (query_group_ids is None) != (query_position_ids is None):
+            raise ValueError("Pass query_group_ids and query_position_ids together.")
+        content_gids = group_ids.long() if group_ids is not None else self._default_group_ids(positions)
+        if query_group_ids is None and group_ids is not None:  # one query row per token, at its own position
+            query_group_ids, query_position_ids = content_gids, positions
+        two_streams = query_group_ids is not None
+        if two_streams:
+            self._check_positions(query_position_ids)
 
         # One mask for both streams: rows [content; query] against content keys (cached ones always visible).
         cached_gids = torch.full((batch_size, past_length), _ALWAYS_VISIBLE, dtype=torch.long, device=device)
         key_gids = torch.cat([cached_gids, content_gids], dim=1)
-        row_limits = torch.cat([content_gids + 1, content_gids], dim=1) if two_streams else content_gids + 1
+        row_limits = torch.cat([content_gids + 1, query_group_ids], dim=1) if two_streams else content_gids + 1
         mask = visibility_mask(row_limits, key_gids, attention_mask)
 
         position_embeds = self.embed_positions(positions)
         hidden_states = self.dropout(inputs_embeds + position_embeds)
         if two_streams:
-            query_stream = self.dropout(self.query_stream_start.to(position_embeds.dtype) + position_embeds)
+            query_position_embeds = self.embed_positions(query_position_ids)
+            query_stream = self.dropout(self.query_stream_start.to(position_embeds.dtype) + query_position_embeds)
             hidden_states = torch.cat([hidden_states, query_stream], dim=1)
 
         all_hidden_states = () if output_hidden_states else None
@@ -345,7 +361,12 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
 
 
 class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
-    """Left-to-right language model over the content stream (``content_attention="causal"``), with a KV cache.
+    """Left-to-right language model with a KV cache; works with ``generate`` and the text-generation pipeline.
+
+    Why the query stream: two-stream pretraining trains only the query stream to predict tokens (the content
+    stream serves as keys and values). So the next token after position i is read from a query row placed
+    at position ``i + 1`` that sees content ``<= i``, exactly as in pretraining with one token per group.
+    The content stream runs causally (``config.content_attention`` must be ``"causal"``) and is cached.
 
     ``logits[:, i]`` predicts token ``i + 1``; ``labels`` are the input ids (shifted inside), as in GPT-2.
     """
@@ -379,6 +400,16 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
         _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         kwargs.pop("cache_position", None)
+        reference = input_ids if input_ids is not None else inputs_embeds
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            mask = attention_mask
+            if mask is None:
+                mask = torch.ones(reference.shape[0], past_length + reference.shape[1], device=reference.device)
+            position_ids = self.model._positions(mask, past_length)
+        # The row predicting the token after the last position sits one past it; if the model has no position
+        # left there, no next token can be placed anyway, so the clamped row is never a valid prediction.
+        next_positions = (position_ids + 1).clamp(max=self.config.max_position_embeddings - 1)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -389,9 +420,12 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            return_content_stream=False,
+            query_group_ids=position_ids + 1,
+            query_position_ids=next_positions,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state
+        hidden = outputs.query_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)

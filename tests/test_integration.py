@@ -181,3 +181,17 @@ def test_classification_pooling_ignores_padding():
             left = model(torch.tensor([[0, 0, 1, 5, 6, 7]]), attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]])).logits
         torch.testing.assert_close(alone, right, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(alone, left, atol=1e-5, rtol=1e-4)
+
+
+def test_causal_lm_reads_the_query_stream_like_pretraining_with_groups_of_one():
+    """The causal LM's prediction after token i is the pretraining head's query-stream prediction of token i + 1."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    pretraining = GenSSLForPreTraining(config).eval()
+    causal = GenSSLForCausalLM(config).eval()
+    causal.load_state_dict(pretraining.state_dict())
+    ids = torch.tensor([[1, 17, 42, 99, 7, 250, 3]])
+    with torch.no_grad():
+        query = pretraining(input_ids=ids, group_ids=torch.arange(7)[None]).logits
+        next_token = causal(ids, use_cache=False).logits
+    torch.testing.assert_close(next_token[:, :-1], query[:, 1:], atol=1e-5, rtol=1e-4)

@@ -33,6 +33,7 @@ except ImportError:  # transformers 4.x
     from torch.nn import init
 
 from .configuration_genssl import GenSSLConfig
+from .decoding import group_parallel_generate, unmasking_generate
 from .two_stream_attention import TwoStreamBlock, visibility_mask
 
 __all__ = [
@@ -377,6 +378,20 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def generate(self, inputs: torch.Tensor | None = None, *args, group_size: int | None = None, **kwargs):
+        """``GenerationMixin.generate``, plus group-parallel decoding with ``group_size=g``.
+
+        With ``group_size`` set, ``g`` tokens are emitted per forward pass (see
+        :func:`hf_genssl.decoding.group_parallel_generate`; supported options: ``attention_mask``,
+        ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``,
+        ``pad_token_id``, ``generator``). ``group_size=1`` gives the tokens of ordinary greedy decoding.
+        """
+        if group_size is None:
+            return super().generate(inputs, *args, **kwargs)
+        if inputs is None:
+            inputs = kwargs.pop("input_ids")
+        return group_parallel_generate(self, inputs, group_size=group_size, **kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -456,6 +471,11 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
         self.model = GenSSLModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def generate(self, input_ids: torch.LongTensor, max_new_tokens: int = 32, **kwargs) -> torch.LongTensor:
+        """Generate by iterative unmasking: ``strategy="left_to_right"`` (default) or ``"confidence"`` with
+        ``tokens_per_step``; see :func:`hf_genssl.decoding.unmasking_generate`."""
+        return unmasking_generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
 
     def forward(
         self,

@@ -1,0 +1,213 @@
+"""Prefix perplexity: the paper's Eq. 2, the same quantity for every kind of checkpoint.
+
+``PPL = exp(mean_t -log p(x_t | x_<t))`` over held-out text.
+
+* (semi-)autoregressive checkpoints (``content_attention="causal"``): one two-stream forward pass per window
+  with one token per group (``group_ids = arange``), so the query row of token t sees exactly ``x_<t``. Exact.
+* masked checkpoints (``"bidirectional"``): token t is read from the prefix ``x_<t`` followed by ``[MASK]`` at
+  every later position of the window. That is one input per scored token; the inputs of a window are
+  stacked and run ``batch_size`` at a time, so a window of T tokens costs about ``T / batch_size`` passes.
+
+Long texts are scored in windows of ``window`` tokens moving by ``stride`` (every token is scored once, with
+up to ``window - 1`` tokens of context); each window starts with the always-visible BOS token. The result
+also breaks the score down by prefix length (how many text tokens the prediction saw), the curve behind
+the paper's Figure 3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["PerplexityResult", "prefix_perplexity", "plot_prefix_curves", "windows_for"]
+
+
+@dataclass
+class PerplexityResult:
+    """Prefix perplexity of a model on some texts, with its breakdown by prefix length."""
+
+    perplexity: float
+    mean_nll: float
+    tokens_scored: int
+    windows: int
+    window: int
+    stride: int
+    method: str
+    by_prefix_length: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def windows_for(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(begin, end, score_from)`` text-token spans: the window covers ``[begin, end)`` and scores ``[score_from, end)``."""
+    spans, previous_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + window, n_tokens)
+        spans.append((begin, end, max(begin, previous_end)))
+        previous_end = end
+        if end == n_tokens:
+            break
+    return spans
+
+
+def _load(model, tokenizer):
+    if isinstance(model, (str, Path)):
+        from transformers import AutoModelForPreTraining, AutoTokenizer
+
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        model = AutoModelForPreTraining.from_pretrained(model, trust_remote_code=True)
+    if tokenizer is None:
+        raise ValueError("Pass the tokenizer with the model (or a checkpoint path that holds one).")
+    if not hasattr(model, "model") or not hasattr(model, "lm_head"):
+        raise TypeError("prefix_perplexity needs a GenSSL model with a language-model head.")
+    return model.eval(), tokenizer
+
+
+def _pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows])
+    ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)
+    mask = torch.arange(ids.shape[1])[None] < lengths[:, None]
+    ids[mask] = torch.cat(rows)
+    return ids, mask.long()
+
+
+@torch.no_grad()
+def _score_query_stream(backbone, head, rows, targets, batch_size, pad_id, progress):
+    """NLL of every target position, one two-stream pass per batch of windows (one token per group)."""
+    nlls = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="prefix perplexity", disable=not progress):
+        ids, mask = _pad(rows[start : start + batch_size], pad_id)
+        group_ids = torch.arange(ids.shape[1]).expand_as(ids)
+        hidden = backbone(ids.to(backbone.device), attention_mask=mask.to(backbone.device),
+                          group_ids=group_ids.to(backbone.device), use_cache=False,
+                          return_content_stream=False).query_hidden_state
+        for r, positions in enumerate(targets[start : start + batch_size]):
+            logits = head(hidden[r, positions]).float()
+            nlls.append(torch.nn.functional.cross_entropy(logits, ids[r, positions].to(logits.device), reduction="none"))
+    return nlls
+
+
+@torch.no_grad()
+def _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad_id, mask_id, progress):
+    """NLL of every target position t from ``x_<t`` + ``[MASK]`` up to the window end, batched across positions."""
+    inputs, read_at, answers = [], [], []
+    for row, positions in zip(rows, targets):
+        after = torch.arange(len(row))[None] >= positions[:, None]  # (n_targets, L): masked from t on
+        inputs.extend(torch.where(after, mask_id, row[None]).unbind(0))
+        read_at.append(positions)
+        answers.append(row[positions])
+    read_at, answers = torch.cat(read_at), torch.cat(answers)
+    nlls = []
+    for start in tqdm(range(0, len(inputs), batch_size), desc="prefix perplexity (masked)", disable=not progress):
+        ids, mask = _pad(inputs[start : start + batch_size], pad_id)
+        hidden = backbone(ids.to(backbone.device), attention_mask=mask.to(backbone.device),
+                          use_cache=False).last_hidden_state
+        rows_here = torch.arange(ids.shape[0])
+        logits = head(hidden[rows_here, read_at[start : start + batch_size]]).float()
+        nlls.append(torch.nn.functional.cross_entropy(
+            logits, answers[start : start + batch_size].to(logits.device), reduction="none"))
+    # regroup per window, in order
+    flat = torch.cat(nlls)
+    return list(flat.split([len(p) for p in targets]))
+
+
+def prefix_perplexity(
+    model,
+    texts: Sequence[str],
+    tokenizer=None,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 16,
+    bucket_size: int = 8,
+    progress: bool = False,
+) -> PerplexityResult:
+    """Exact prefix perplexity of ``texts`` under a GenSSL checkpoint (model object or path).
+
+    Args:
+        model: a GenSSL model with an LM head (``GenSSLForPreTraining``, ``...ForCausalLM``, ``...ForMaskedLM``)
+            or a checkpoint path/Hub id (loaded with ``trust_remote_code=True``).
+        texts: held-out texts; each is tokenized on its own and scored from its first token.
+        tokenizer: the checkpoint's tokenizer (loaded from the path when ``model`` is one).
+        window: text tokens per window (default: the model's positions minus one for the BOS).
+        stride: how far a window moves (default: ``window``, no overlap); must be ``<= window``.
+        batch_size: rows per forward pass (windows for causal checkpoints, prefixes for masked ones).
+        bucket_size: width of the prefix-length buckets of ``by_prefix_length``.
+    """
+    model, tokenizer = _load(model, tokenizer)
+    backbone, head = model.model, model.lm_head
+    config = backbone.config
+    max_window = config.max_position_embeddings - 1
+    window = max_window if window is None else window
+    stride = window if stride is None else stride
+    if window < 1 or window > max_window:
+        raise ValueError(f"window must be in [1, {max_window}] (the model has {config.max_position_embeddings} "
+                         f"positions, one of them for the BOS token), got {window}.")
+    if stride < 1 or stride > window:
+        raise ValueError(f"stride must be in [1, window={window}] (a larger stride would skip tokens), got {stride}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    masked = config.content_attention == "bidirectional"
+    if bos is None or pad is None or (masked and tokenizer.mask_token_id is None):
+        raise ValueError("The tokenizer needs BOS and pad tokens (and a mask token for masked checkpoints).")
+
+    rows, targets = [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for begin, end, score_from in windows_for(len(ids), window, stride):
+            rows.append(torch.tensor([bos, *ids[begin:end]], dtype=torch.long))
+            targets.append(torch.arange(score_from - begin + 1, end - begin + 1))
+    if not rows:
+        raise ValueError("No tokens to score: the texts are empty.")
+
+    if masked:
+        nlls = _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad, tokenizer.mask_token_id, progress)
+    else:
+        nlls = _score_query_stream(backbone, head, rows, targets, batch_size, pad, progress)
+    nll = torch.cat(nlls).cpu().double()
+    prefix = torch.cat(targets) - 1  # text tokens visible to the prediction
+
+    buckets = []
+    for low in range(0, int(prefix.max()) + 1, bucket_size):
+        chosen = (prefix >= low) & (prefix < low + bucket_size)
+        if chosen.any():
+            buckets.append({"prefix_from": low, "prefix_to": low + bucket_size - 1, "tokens": int(chosen.sum()),
+                            "perplexity": math.exp(nll[chosen].mean().item())})
+    mean = nll.mean().item()
+    return PerplexityResult(
+        perplexity=math.exp(mean), mean_nll=mean, tokens_scored=len(nll), windows=len(rows), window=window,
+        stride=stride, method="masked-prefix" if masked else "query-stream", by_prefix_length=buckets,
+    )
+
+
+def plot_prefix_curves(curves: dict[str, PerplexityResult | dict], path: str | Path, title: str | None = None) -> Path:
+    """Perplexity against prefix length, one line per model (the paper's Figure 3), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, result in curves.items():
+        buckets = result.by_prefix_length if isinstance(result, PerplexityResult) else result["by_prefix_length"]
+        xs = [(b["prefix_from"] + b["prefix_to"]) / 2 for b in buckets]
+        ax.plot(xs, [b["perplexity"] for b in buckets], marker="o", markersize=3, label=name)
+    ax.set_xlabel("prefix length (tokens visible to the prediction)")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.set_title(title or "Prefix perplexity by prefix length")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

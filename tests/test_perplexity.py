@@ -1,0 +1,114 @@
+"""Prefix perplexity: one-pass and batched scores equal naive per-position loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_genssl import GenSSLForCausalLM, GenSSLForMaskedLM, GenSSLForPreTraining
+from hf_genssl.perplexity import plot_prefix_curves, prefix_perplexity
+from tests.conftest import tiny_config
+
+TEXTS = ["the man said that he would not be there", "she had been there before", "it was one of them"]
+
+
+def naive_causal_nll(model, tokenizer, text):
+    """Score each position with its own call: the causal LM's next-token distribution after x_<t."""
+    ids = tokenizer(text)["input_ids"]  # BOS + tokens
+    causal = GenSSLForCausalLM(model.config).eval()
+    causal.load_state_dict(model.state_dict())
+    total = []
+    for t in range(1, len(ids)):
+        with torch.no_grad():
+            logits = causal(torch.tensor([ids[:t]]), use_cache=False).logits[0, -1]
+        total.append(-logits.log_softmax(-1)[ids[t]].item())
+    return total
+
+
+def naive_masked_nll(model, tokenizer, text):
+    """Each position t on its own: prefix, then [MASK] at every later position, read at t."""
+    ids = tokenizer(text)["input_ids"]
+    total = []
+    for t in range(1, len(ids)):
+        row = torch.tensor([ids[:t] + [tokenizer.mask_token_id] * (len(ids) - t)])
+        with torch.no_grad():
+            logits = model(input_ids=row).logits[0, t]
+        total.append(-logits.log_softmax(-1)[ids[t]].item())
+    return total
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    torch.manual_seed(0)
+    causal = GenSSLForPreTraining(tiny_config(vocab_size=len(tokenizer))).eval()
+    masked = GenSSLForMaskedLM(tiny_config(vocab_size=len(tokenizer), content_attention="bidirectional")).eval()
+    return causal, masked
+
+
+def test_two_stream_one_pass_equals_naive_loop(models, tokenizer):
+    causal, _ = models
+    result = prefix_perplexity(causal, TEXTS, tokenizer, batch_size=2)
+    naive = [x for text in TEXTS for x in naive_causal_nll(causal, tokenizer, text)]
+    assert result.tokens_scored == len(naive) and result.method == "query-stream"
+    assert result.perplexity == pytest.approx(math.exp(sum(naive) / len(naive)), rel=1e-4)
+
+
+def test_batched_masked_equals_naive_loop(models, tokenizer):
+    _, masked = models
+    result = prefix_perplexity(masked, TEXTS, tokenizer, batch_size=5)
+    naive = [x for text in TEXTS for x in naive_masked_nll(masked, tokenizer, text)]
+    assert result.tokens_scored == len(naive) and result.method == "masked-prefix"
+    assert result.perplexity == pytest.approx(math.exp(sum(naive) / len(naive)), rel=1e-4)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_windowing_equals_no_window_when_the_text_fits(models, tokenizer, which):
+    model = models[which]
+    whole = prefix_perplexity(model, TEXTS, tokenizer)
+    windowed = prefix_perplexity(model, TEXTS, tokenizer, window=40, stride=7)
+    assert windowed.perplexity == pytest.approx(whole.perplexity, rel=1e-5)
+    assert windowed.windows == whole.windows == len(TEXTS)
+
+
+def test_stride_scores_every_token_once(models, tokenizer):
+    causal, _ = models
+    long_text = " ".join(TEXTS * 4)
+    n = len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
+    result = prefix_perplexity(causal, [long_text], tokenizer, window=16, stride=8, bucket_size=4)
+    assert result.tokens_scored == n and result.windows > 1
+    assert sum(b["tokens"] for b in result.by_prefix_length) == n
+    # with stride 8 and window 16, every token after the first window sees at least 8 tokens of context
+    assert all(b["prefix_from"] >= 8 or b["tokens"] > 0 for b in result.by_prefix_length)
+
+
+def test_bad_inputs(models, tokenizer):
+    causal, _ = models
+    with pytest.raises(ValueError, match="stride"):
+        prefix_perplexity(causal, TEXTS, tokenizer, window=8, stride=9)
+    with pytest.raises(ValueError, match="window"):
+        prefix_perplexity(causal, TEXTS, tokenizer, window=64)
+    with pytest.raises(ValueError, match="empty"):
+        prefix_perplexity(causal, ["", ""], tokenizer)
+
+
+def test_plot(models, tokenizer, tmp_path):
+    causal, masked = models
+    curves = {"ar": prefix_perplexity(causal, TEXTS, tokenizer, bucket_size=2),
+              "masked": prefix_perplexity(masked, TEXTS, tokenizer, bucket_size=2)}
+    path = plot_prefix_curves(curves, tmp_path / "curve.png")
+    assert path.stat().st_size > 1000
+
+
+def test_evaluate_module_loads_by_path_and_matches(models, tokenizer, tmp_path):
+    from hf_genssl.metrics import load_metric
+
+    causal, _ = models
+    causal.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    metric = load_metric("prefix_perplexity")
+    result = metric.compute(predictions=TEXTS, model_id=str(tmp_path), batch_size=2)
+    direct = prefix_perplexity(causal, TEXTS, tokenizer)
+    assert result["perplexity"] == pytest.approx(direct.perplexity, rel=1e-5)
+    assert result["tokens_scored"] == direct.tokens_scored

@@ -1,0 +1,118 @@
+"""Publish a saved checkpoint folder to the Hugging Face Hub, failing with one clear sentence.
+
+``push_checkpoint`` is ``HfApi.create_repo(exist_ok=True)`` + ``HfApi.upload_folder``: it reads the folder and
+never writes to it, so whatever happens on the network the local checkpoint stays as it was. Errors from
+``huggingface_hub``/``httpx`` are many and verbose (connection errors, HTTP errors with request ids, offline
+mode); they become a ``HubPushError`` that says why the push failed and that the local copy is intact, with
+the original exception chained for details.
+
+Timing without a server: ``create_repo`` is a single POST without retries, so a dead endpoint fails in
+milliseconds. Only calls after it (preupload, commit) go through ``huggingface_hub``'s backoff (5 retries,
+1+2+4+8+8 s, not configurable by environment variable in huggingface_hub 2.x).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+__all__ = ["HubPushError", "push_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_MESSAGE = "Upload hf_genssl checkpoint"
+
+
+class HubPushError(RuntimeError):
+    """Pushing a checkpoint to the Hub failed; the message says why and that the local folder is untouched."""
+
+
+def push_checkpoint(
+    checkpoint_dir: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
+    endpoint: str | None = None,
+    revision: str | None = None,
+) -> str:
+    """Upload every file of ``checkpoint_dir`` to the model repo ``repo_id`` (created if needed); return its URL.
+
+    ``token`` defaults to the saved login or ``HF_TOKEN``; ``endpoint`` to ``HF_ENDPOINT`` (the public Hub).
+    The folder is only read. Files already on the Hub with identical content are not re-sent.
+
+    Raises:
+        FileNotFoundError: ``checkpoint_dir`` is not a folder (nothing was sent).
+        HubPushError: the Hub could not be reached, refused the token, or the repo was not found or not writable.
+    """
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Checkpoint folder {folder} does not exist; nothing was pushed.")
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=folder, repo_id=repo_url.repo_id, commit_message=commit_message, revision=revision
+        )
+    except Exception as err:
+        reason = describe_failure(err, api.endpoint, repo_id)
+        raise HubPushError(
+            f"Pushing {repo_id} to {api.endpoint} failed because {reason}; the local checkpoint at {folder} is intact."
+        ) from err
+    logger.info("Pushed %s to %s (commit %s)", folder, repo_url, commit.oid)
+    return str(repo_url)
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """The exception and its causes/contexts, outermost first (httpx errors often hide behind wrappers)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _is_kind(err: BaseException, *names: str) -> bool:
+    """Match by class name along the MRO, so this works for httpx and httpx2 (huggingface_hub 1.x and 2.x)."""
+    return any(cls.__name__ in names for cls in type(err).__mro__)
+
+
+def describe_failure(err: BaseException, endpoint: str, repo_id: str) -> str:
+    """Why a Hub call failed, as a clause that completes "... failed because <reason>"."""
+    chain = _chain(err)
+    for item in chain:
+        if isinstance(item, OfflineModeIsEnabled):
+            return "huggingface_hub is in offline mode (unset HF_HUB_OFFLINE to push)"
+        if isinstance(item, RepositoryNotFoundError):
+            return f"the repository {repo_id} was not found or is not visible with this token (HTTP 404)"
+        if isinstance(item, HfHubHTTPError) and item.response is not None:
+            return _describe_http_status(item.response.status_code, repo_id)
+    for item in chain:
+        if isinstance(item, ConnectionRefusedError) or "connection refused" in str(item).lower():
+            return f"nothing is listening at {endpoint} (connection refused)"
+        if isinstance(item, socket.gaierror) or "name or service not known" in str(item).lower():
+            return f"the host of {endpoint} could not be resolved ({item})"
+        if _is_kind(item, "ConnectError", "NetworkError"):
+            return f"{endpoint} could not be reached ({item})"
+        if isinstance(item, TimeoutError) or _is_kind(item, "TimeoutException"):
+            return f"the connection to {endpoint} timed out"
+        if isinstance(item, ValueError) and "metadata" in str(item):
+            return f"the Hub rejected the model card metadata ({str(item).splitlines()[0]})"
+    return f"of an unexpected {type(err).__name__}: {err}"
+
+
+def _describe_http_status(status: int, repo_id: str) -> str:
+    if status == 401:
+        return "the Hub rejected the token (HTTP 401: log in with `hf auth login` or pass a valid token)"
+    if status == 403:
+        return f"the token may not write to {repo_id} (HTTP 403: check the namespace and the token's role)"
+    if status == 404:
+        return f"the repository {repo_id} was not found or is not visible with this token (HTTP 404)"
+    return f"the Hub answered HTTP {status}"

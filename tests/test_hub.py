@@ -1,0 +1,204 @@
+"""Publishing: push_checkpoint against the fake Hub and a dead endpoint, and the model cards it publishes."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub.errors import RepositoryNotFoundError
+
+import hf_genssl
+from hf_genssl import GenSSLModel
+from hf_genssl.hub import HubPushError, describe_failure, push_checkpoint
+from hf_genssl.model_card import CITATION, render_model_card, template_path, write_model_card
+from tests.conftest import tiny_config
+from tests.fake_hub import FAKE_TOKEN, FAKE_USER, fake_hub, hub_online
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CARD_FIELDS = {
+    "repo_id": f"{FAKE_USER}/genssl-tiny",
+    "objective": "semi_autoregressive",
+    "objective_hparams": {"group_size": 2, "learning_rate": 3e-4},
+    "model_details": {"hidden_size": 32, "num_hidden_layers": 2},
+    "training_data": "Random sentences made by the test suite.",
+    "datasets": ["sotu"],
+    "language": "en",
+    "results": {"sst2": {"accuracy": 0.8125}, "cola": {"matthews_correlation": 0.25}},
+    "results_data": "the validation split of a toy dataset",
+    "results_hardware": "2 CPU cores",
+}
+
+
+def folder_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and modification time: equal before and after means the folder was not touched."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    """A tiny GenSSL checkpoint (weights, code files, tokenizer) with a rendered model card."""
+    path = tmp_path_factory.mktemp("checkpoint")
+    GenSSLModel(tiny_config()).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    write_model_card(path, "language_model", CARD_FIELDS)
+    return path
+
+
+@pytest.fixture
+def hub(tmp_path):
+    with fake_hub(tmp_path / "server") as endpoint, hub_online(endpoint):
+        yield endpoint
+
+
+# ----------------------------------------------------------------------------------------------- push_checkpoint
+
+
+def test_push_checkpoint_uploads_files_and_card(checkpoint, hub):
+    before = folder_state(checkpoint)
+    url = push_checkpoint(checkpoint, "genssl-tiny", token=FAKE_TOKEN, endpoint=hub, commit_message="first")
+    assert url == f"{hub}/{FAKE_USER}/genssl-tiny"
+    assert folder_state(checkpoint) == before
+
+    on_server = hub.hub.files(f"{FAKE_USER}/genssl-tiny")
+    local = {name: content for name, (content, _) in before.items()}
+    assert {name: on_server[name] for name in local} == local
+    assert {"config.json", "model.safetensors", "modeling_genssl.py", "tokenizer.json", "README.md"} <= set(on_server)
+
+    card = ModelCard.load(f"{FAKE_USER}/genssl-tiny", token=FAKE_TOKEN)  # downloaded through the fake Hub
+    assert card.data.library_name == "transformers"
+    assert card.data.tags == ["hf_genssl", "semi_autoregressive"]
+    assert card.data.datasets == ["sotu"]
+
+    assert push_checkpoint(checkpoint, f"{FAKE_USER}/genssl-tiny", token=FAKE_TOKEN, endpoint=hub) == url  # exists
+
+
+def test_push_to_a_dead_endpoint_fails_fast_and_keeps_the_folder(checkpoint, monkeypatch):
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    before = folder_state(checkpoint)
+    started = time.monotonic()
+    with hub_online(dead), pytest.raises(HubPushError) as failure:
+        push_checkpoint(checkpoint, "genssl-tiny", token=FAKE_TOKEN, endpoint=dead)
+    assert time.monotonic() - started < 5
+    message = str(failure.value)
+    assert "connection refused" in message and dead in message
+    assert f"the local checkpoint at {checkpoint} is intact" in message
+    assert message.count(". ") == 0  # one sentence
+    assert folder_state(checkpoint) == before
+
+
+def test_push_in_offline_mode_says_so(checkpoint, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubPushError, match="offline mode.*intact"):
+        push_checkpoint(checkpoint, "genssl-tiny", token=FAKE_TOKEN, endpoint="http://127.0.0.1:9")
+
+
+def test_push_with_a_bad_token_or_foreign_namespace_says_why(checkpoint, hub):
+    before = folder_state(checkpoint)
+    with pytest.raises(HubPushError, match=r"rejected the token \(HTTP 401.*intact"):
+        push_checkpoint(checkpoint, "genssl-tiny", token="not-a-token", endpoint=hub)
+    with pytest.raises(HubPushError, match=r"may not write to someone-else/genssl-tiny \(HTTP 403.*intact"):
+        push_checkpoint(checkpoint, "someone-else/genssl-tiny", token=FAKE_TOKEN, endpoint=hub)
+    assert folder_state(checkpoint) == before
+
+
+def test_missing_repository_is_described_as_not_found(hub, tmp_path):
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "x.txt").write_text("x")
+    with pytest.raises(RepositoryNotFoundError) as err:  # a real error from the client, without create_repo first
+        HfApi(endpoint=hub, token=FAKE_TOKEN).upload_folder(folder_path=tmp_path / "f", repo_id=f"{FAKE_USER}/absent")
+    assert "was not found" in describe_failure(err.value, hub, f"{FAKE_USER}/absent")
+
+
+def test_missing_folder_is_not_a_hub_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing was pushed"):
+        push_checkpoint(tmp_path / "absent", "genssl-tiny", endpoint="http://127.0.0.1:9")
+
+
+# ----------------------------------------------------------------------------------------------- model cards
+
+
+def test_language_card_has_metadata_sections_results_and_citation():
+    text = render_model_card("language_model", **CARD_FIELDS)
+    card = ModelCard(text)
+    assert card.data.to_dict() == {
+        "datasets": ["sotu"],
+        "language": "en",
+        "library_name": "transformers",
+        "license": "apache-2.0",
+        "pipeline_tag": "text-generation",
+        "tags": ["hf_genssl", "semi_autoregressive"],
+    }
+    headings = re.findall(r"^## (.+)$", text, re.MULTILINE)
+    assert headings == [
+        "Model description",
+        "Objective",
+        "Training data",
+        "Results",
+        "How to load",
+        "Limitations",
+        "Citation",
+    ]
+    assert "| sst2 | accuracy | 0.8125 |" in text and "| cola | matthews_correlation | 0.2500 |" in text
+    assert "Measured on the validation split of a toy dataset, on 2 CPU cores." in text
+    assert "| `group_size` | 2 |" in text and "| `learning_rate` | 0.0003 |" in text
+    assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in text
+    assert f'repo = "{FAKE_USER}/genssl-tiny"' in text
+    assert CITATION in text and "Look Ahead or Look Around?" in text
+
+
+def test_vision_card_and_flat_results():
+    text = render_model_card(
+        "vision_model",
+        repo_id="me/genssl-vit",
+        objective="variable_length_masked",
+        objective_hparams={"mask_ratio_range": (0.1, 0.9)},
+        results={"linear_probe_accuracy": 0.7},
+        results_data="Fashion-MNIST test set",
+        results_hardware="1 NVIDIA H100",
+        tags=["vision"],
+    )
+    card = ModelCard(text)
+    assert card.data.pipeline_tag == "image-feature-extraction"
+    assert card.data.tags == ["hf_genssl", "variable_length_masked", "vision"]
+    assert "| linear_probe_accuracy | 0.7000 |" in text and "| `mask_ratio_range` | (0.1000, 0.9000) |" in text
+    assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in text
+
+
+def test_card_fields_are_checked():
+    with pytest.raises(ValueError, match="data and hardware"):
+        render_model_card("language_model", repo_id="a/b", objective="masked", results={"accuracy": 0.5})
+    with pytest.raises(TypeError, match="Unknown model card field"):
+        render_model_card("language_model", repo_id="a/b", objective="masked", result={"accuracy": 0.5})
+    with pytest.raises(TypeError, match="Missing required"):
+        render_model_card("language_model", repo_id="a/b")
+    with pytest.raises(ValueError, match="objective_description"):
+        render_model_card("language_model", repo_id="a/b", objective="my_objective")
+    custom = render_model_card("language_model", repo_id="a/b", objective="my_objective", objective_description="X.")
+    assert "(`my_objective`): X." in custom and "No results have been measured" in custom
+    with pytest.raises(ValueError, match="Unknown model card template"):
+        render_model_card("audio_model", repo_id="a/b", objective="masked")
+
+
+def test_templates_ship_in_the_package_and_are_linked_from_the_repo_root():
+    for name in ("language_model", "vision_model"):
+        shipped = template_path(name)
+        assert shipped.parent == Path(hf_genssl.__file__).parent / "model_cards"
+        assert (REPO_ROOT / "model_cards" / f"{name}.md").resolve() == shipped.resolve()
+
+
+def test_the_cards_loading_snippet_runs(checkpoint):
+    """The "How to load" code block, pointed at a local copy of the checkpoint, runs as written."""
+    text = render_model_card("language_model", **{**CARD_FIELDS, "repo_id": str(checkpoint)})
+    snippet = re.search(r"## How to load.*?```python\n(.*?)```", text, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(snippet, "model card", "exec"), namespace)  # noqa: S102 - running the documented code is the test
+    assert namespace["features"].shape[-1] == tiny_config().hidden_size

@@ -9,6 +9,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForMaskedLM,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
@@ -16,6 +17,8 @@ from transformers import (
 
 from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
 from .configuration_genssl import GenSSLConfig
+from .configuration_genssl_vit import GenSSLViTConfig
+from .image_collators import DataCollatorForSemiAutoregressiveImages, DataCollatorForVariableLengthImageMasking
 from .modeling_genssl import (
     GenSSLForCausalLM,
     GenSSLForMaskedLM,
@@ -23,16 +26,23 @@ from .modeling_genssl import (
     GenSSLForSequenceClassification,
     GenSSLModel,
 )
+from .modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
 from .tokenization import train_tokenizer
 
 __version__ = "0.1.0"
 
+# Language model
 AutoConfig.register("genssl", GenSSLConfig, exist_ok=True)
 AutoModel.register(GenSSLConfig, GenSSLModel, exist_ok=True)
 AutoModelForPreTraining.register(GenSSLConfig, GenSSLForPreTraining, exist_ok=True)
 AutoModelForCausalLM.register(GenSSLConfig, GenSSLForCausalLM, exist_ok=True)
 AutoModelForMaskedLM.register(GenSSLConfig, GenSSLForMaskedLM, exist_ok=True)
 AutoModelForSequenceClassification.register(GenSSLConfig, GenSSLForSequenceClassification, exist_ok=True)
+# Vision
+AutoConfig.register("genssl_vit", GenSSLViTConfig, exist_ok=True)
+AutoModel.register(GenSSLViTConfig, GenSSLViTModel, exist_ok=True)
+AutoModelForPreTraining.register(GenSSLViTConfig, GenSSLViTForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(GenSSLViTConfig, GenSSLViTForImageClassification, exist_ok=True)
 
 __all__ = [
     "GenSSLConfig",
@@ -41,7 +51,13 @@ __all__ = [
     "GenSSLForCausalLM",
     "GenSSLForMaskedLM",
     "GenSSLForSequenceClassification",
+    "GenSSLViTConfig",
+    "GenSSLViTModel",
+    "GenSSLViTForPreTraining",
+    "GenSSLViTForImageClassification",
     "DataCollatorForSemiAutoregressiveLM",
     "DataCollatorForVariableLengthMasking",
+    "DataCollatorForSemiAutoregressiveImages",
+    "DataCollatorForVariableLengthImageMasking",
     "train_tokenizer",
 ]

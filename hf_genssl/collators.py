@@ -21,9 +21,26 @@ from typing import Any
 
 import torch
 
-__all__ = ["DataCollatorForSemiAutoregressiveLM", "DataCollatorForVariableLengthMasking"]
+__all__ = ["DataCollatorForSemiAutoregressiveLM", "DataCollatorForVariableLengthMasking", "draw_mask_ratios"]
 
 Example = Sequence[int] | torch.Tensor | Mapping[str, Any]
+
+
+def draw_mask_ratios(
+    batch_size: int, ratio_range: tuple[float, float], stratified: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """One mask ratio per sample, uniform in ``ratio_range``.
+
+    Stratified (as MDLM does): one uniform offset, then evenly spaced points shuffled across the batch, so
+    every batch covers the whole range; otherwise i.i.d. uniform draws. Shared by the text and image collators.
+    """
+    lo, hi = ratio_range
+    if stratified:
+        offset = torch.rand(1, generator=generator)
+        u = ((offset + torch.arange(batch_size)) / batch_size)[torch.randperm(batch_size, generator=generator)]
+    else:
+        u = torch.rand(batch_size, generator=generator)
+    return lo + (hi - lo) * u
 
 
 @dataclass
@@ -213,12 +230,7 @@ class DataCollatorForVariableLengthMasking(_TokenBatcher):
 
     def draw_ratios(self, batch_size: int) -> torch.Tensor:
         """One mask ratio per sample in ``[lo, hi]``."""
-        lo, hi = self.mask_ratio_range
-        u = torch.rand(batch_size, generator=self._generator)
-        if self.stratified:
-            offset = torch.rand(1, generator=self._generator)
-            u = ((offset + torch.arange(batch_size)) / batch_size)[torch.randperm(batch_size, generator=self._generator)]
-        return lo + (hi - lo) * u
+        return draw_mask_ratios(batch_size, self.mask_ratio_range, self.stratified, self._generator)
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = self._pad(examples)

@@ -51,6 +51,18 @@ def select_tokens(
     return tokens.view(logits.shape[:-1])
 
 
+def _vocab_logits(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """``head(hidden)`` for the handful of rows a decoding step has.
+
+    Why not ``head(hidden)``: for 2-16 rows, CPU BLAS runs ``W @ h.T`` about twice as fast as ``h @ W.T``
+    (measured for an 8192 x 256 head, torch 2.13), and this projection is the biggest matmul of a decoding step.
+    """
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    if flat.shape[0] > 16 or head.bias is not None:
+        return head(hidden)
+    return (head.weight @ flat.T).T.reshape(*hidden.shape[:-1], -1)
+
+
 def _backbone_and_head(model):
     if not hasattr(model, "model") or not hasattr(model, "lm_head"):
         raise TypeError("Pass a GenSSL model with a language-model head (GenSSLForCausalLM, ...ForPreTraining, ...ForMaskedLM).")
@@ -121,7 +133,8 @@ def group_parallel_generate(
             query_group_ids=next_position.expand(batch_size, n),
             query_position_ids=query_positions,
         )
-        tokens = select_tokens(head(outputs.query_hidden_state), do_sample, temperature, top_k, top_p, generator)
+        logits = _vocab_logits(head, outputs.query_hidden_state)
+        tokens = select_tokens(logits, do_sample, temperature, top_k, top_p, generator)
         if eos_token_id is not None:
             after_eos = (tokens == eos_token_id).long().cumsum(1) - (tokens == eos_token_id).long() > 0
             tokens = tokens.masked_fill(finished[:, None] | after_eos, pad_token_id)

@@ -1,0 +1,472 @@
+"""One Accelerate pretraining loop for every objective.
+
+The YAML config names an objective; :data:`OBJECTIVES` maps it to the model's content attention and a
+collator. The loop itself never branches on the objective: it batches, steps and checkpoints.
+
+What the loop guarantees:
+
+* warmup + cosine schedule, gradient accumulation, optional bf16, gradient clipping, periodic validation loss;
+* a progress bar (tokens/s, loss) and a JSON-lines log (``metrics.jsonl``; TensorBoard too when installed),
+  written by the main process only;
+* atomic checkpoints: a checkpoint is written to ``checkpoint-N.tmp`` and renamed, then the ``latest`` pointer
+  is replaced atomically, so a kill mid-save never leaves a broken latest checkpoint;
+* bit-exact resume: Accelerate's seedable sampler, its saved RNG states, the LR scheduler, and the collator's
+  own generator state; resuming with a different config is refused, naming the keys that differ;
+* runs unchanged under ``accelerate launch --multi_gpu --num_processes N`` (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
+
+__all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "run_pretraining", "CONFIG_DIR"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+# Keys that may change between a run and its resumption (they do not change what is trained).
+_RESUMABLE_KEYS = {"output_dir", "log_every", "eval_every", "save_every", "keep_checkpoints", "progress", "cache_dir"}
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a pretraining run depends on. Unknown keys in a YAML file are an error."""
+
+    # objective (see OBJECTIVES)
+    objective: str = "semi_ar"
+    group_size: int | list[int] | str = 2
+    cut_probability: float = 0.5
+    mask_ratio_range: list[float] = field(default_factory=lambda: [0.15, 0.15])
+    # data
+    corpus: list[str] = field(default_factory=lambda: ["sotu"])
+    texts: list[str] | None = None  # an in-memory corpus (tests); replaces `corpus`
+    max_docs: int | None = None
+    vocab_size: int = 8192
+    seq_len: int = 128
+    # model
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int | None = None
+    dropout: float = 0.0
+    # optimisation
+    max_steps: int = 300
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    # bookkeeping
+    output_dir: str = "runs/pretrain"
+    cache_dir: str | None = None
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 8
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def training_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_KEYS}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.training_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How an objective shows up: the content stream's attention and the collator that builds its batches."""
+
+    content_attention: str
+    make_collator: Callable[[PretrainConfig, Any, int], Any]
+    description: str
+    card_name: str  # the objective's name in hf_genssl.model_card.KNOWN_OBJECTIVES
+
+
+def _semi_ar(group_size_of: Callable[[PretrainConfig], Any]):
+    def make(cfg: PretrainConfig, tokenizer, seed: int):
+        return DataCollatorForSemiAutoregressiveLM(tokenizer=tokenizer, group_size=group_size_of(cfg),
+                                                   cut_probability=cfg.cut_probability, seed=seed)
+    return make
+
+
+def _masked(fixed: bool):
+    def make(cfg: PretrainConfig, tokenizer, seed: int):
+        lo, hi = cfg.mask_ratio_range
+        if fixed and lo != hi:
+            raise ValueError(f"objective 'masked' uses one fixed ratio; got mask_ratio_range={cfg.mask_ratio_range} "
+                             "(use objective 'variable_masked' for a range).")
+        return DataCollatorForVariableLengthMasking(tokenizer=tokenizer, mask_ratio_range=(lo, hi), seed=seed)
+    return make
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "ar": Objective("causal", _semi_ar(lambda cfg: 1), "autoregressive: two streams, one token per group",
+                    "autoregressive"),
+    "semi_ar": Objective("causal", _semi_ar(lambda cfg: cfg.group_size),
+                         "diversity-enhanced semi-autoregressive: groups of `group_size`", "semi_autoregressive"),
+    "masked": Objective("bidirectional", _masked(fixed=True), "masked LM with a fixed ratio (BERT)", "masked"),
+    "variable_masked": Objective("bidirectional", _masked(fixed=False),
+                                 "masked LM with a per-sample ratio from `mask_ratio_range`", "variable_length_masked"),
+}
+
+
+def load_config(source: str | Path | dict | PretrainConfig | None = None, overrides: dict | None = None) -> PretrainConfig:
+    """A config from a YAML path, a name in ``training/configs`` (``"tiny"``), a dict or a config; then overrides."""
+    import yaml
+
+    if isinstance(source, PretrainConfig):
+        values = asdict(source)
+    elif isinstance(source, dict):
+        values = dict(source)
+    elif source is None:
+        values = {}
+    else:
+        path = Path(source)
+        if not path.exists() and (CONFIG_DIR / f"{source}.yaml").exists():
+            path = CONFIG_DIR / f"{source}.yaml"
+        if not path.exists():
+            names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            raise FileNotFoundError(f"No config {source!r}; give a YAML path or one of {names}.")
+        values = yaml.safe_load(path.read_text()) or {}
+    values.update(overrides or {})
+    known = {f.name for f in fields(PretrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"Unknown config keys {unknown}; valid keys are {sorted(known)}.")
+    config = PretrainConfig(**values)
+    if config.objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {config.objective!r}; choose one of {sorted(OBJECTIVES)}.")
+    if config.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {config.mixed_precision!r}.")
+    return config
+
+
+# ------------------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _corpus_texts(cfg: PretrainConfig) -> tuple[list[str], list[str], str]:
+    if cfg.texts is not None:
+        cut = max(1, len(cfg.texts) // 20)
+        return list(cfg.texts[cut:]), list(cfg.texts[:cut]), "in-memory texts"
+    from .data import load_pretraining_corpus
+
+    corpus = load_pretraining_corpus(sources=tuple(cfg.corpus), cache_dir=cfg.cache_dir)
+    train, validation = list(corpus["train"]["text"]), list(corpus["validation"]["text"])
+    if cfg.max_docs:
+        train = train[: cfg.max_docs]
+    return train, validation, "+".join(cfg.corpus)
+
+
+def _tokenizer(cfg: PretrainConfig, train_texts: list[str], run_dir: Path, accelerator):
+    """Train the BPE once per run (main process), then every process loads the saved copy."""
+    from transformers import AutoTokenizer
+
+    from .tokenization import train_tokenizer
+
+    path = run_dir / "tokenizer"
+    if accelerator.is_main_process and not (path / "tokenizer.json").exists():
+        tokenizer = train_tokenizer(train_texts, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
+        tmp = run_dir / "tokenizer.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _blocks(tokenizer, texts: list[str], block: int) -> list[list[int]]:
+    """Concatenate the texts (EOS between documents) and cut them into blocks of ``block`` tokens."""
+    ids: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.append(tokenizer.eos_token_id)
+    return [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
+
+
+class _BatchSeededCollator:
+    """Re-seeds the collator's own generator from (seed, batch number) before every batch.
+
+    Why: Accelerate's dataloader collates one batch ahead, so a generator state saved with a checkpoint is
+    already one batch further than the training; with a seed per batch number, resuming at batch k only needs
+    k, and a resumed run draws exactly the group sizes and masks of an uninterrupted one.
+    """
+
+    def __init__(self, collator, seed: int, start: int = 0):
+        self.collator, self.seed, self.calls = collator, seed, start
+
+    def __call__(self, examples):
+        self.collator._generator.manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        return self.collator(examples)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "latest"
+    if not pointer.exists():
+        return None
+    path = run_dir / pointer.read_text().strip()
+    return path if (path / "trainer_state.json").exists() else None
+
+
+def _save_checkpoint(accelerator, run_dir: Path, step: int, cfg: PretrainConfig) -> None:
+    """Write ``checkpoint-step`` atomically, then point ``latest`` at it, then prune old ones."""
+    name = f"checkpoint-{step}"
+    tmp = run_dir / f"{name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"step": step, "fingerprint": cfg.fingerprint(), "config": cfg.training_dict()}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        final = run_dir / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer_tmp = run_dir / "latest.tmp"
+        pointer_tmp.write_text(name)
+        os.replace(pointer_tmp, run_dir / "latest")
+        checkpoints = sorted(run_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+        for old in checkpoints[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _check_resumable(checkpoint: Path, cfg: PretrainConfig) -> int:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if state["fingerprint"] != cfg.fingerprint():
+        saved, now = state["config"], cfg.training_dict()
+        differing = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ValueError(
+            f"Refusing to resume {checkpoint} with a different config; differing keys: "
+            + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differing)
+            + ". Use a new output_dir, or the original config."
+        )
+    return int(state["step"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _model(cfg: PretrainConfig, tokenizer, objective: Objective):
+    from .configuration_genssl import GenSSLConfig
+    from .modeling_genssl import GenSSLForPreTraining
+
+    config = GenSSLConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=cfg.seq_len, hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout, content_attention=objective.content_attention,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
+    )
+    return GenSSLForPreTraining(config)
+
+
+@torch.no_grad()
+def _validation_loss(model, accelerator, blocks, cfg, tokenizer, objective) -> float:
+    """Mean loss over the first ``eval_batches`` validation batches, with a fixed collator seed (comparable runs)."""
+    collator = objective.make_collator(cfg, tokenizer, 1234)
+    model.eval()
+    losses = []
+    per_process = blocks[accelerator.process_index :: accelerator.num_processes]
+    for i in range(0, min(len(per_process), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
+        batch = {k: v.to(accelerator.device) for k, v in collator(per_process[i : i + cfg.batch_size]).items()}
+        losses.append(model(**batch, only_target_logits=True).loss)
+    model.train()
+    if not losses:
+        return float("nan")
+    return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+
+
+def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict | None = None,
+                    resume: bool = False) -> dict:
+    """Pretrain as ``config`` says; return final metrics and paths. See the module docstring for guarantees."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    cfg = load_config(config, overrides)
+    objective = OBJECTIVES[cfg.objective]
+    run_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Step the schedule once per optimizer step ourselves: linked to the optimizer, Accelerate steps it once
+        # per process, which makes an N-process run follow a different schedule than a 1-process run.
+        step_scheduler_with_optimizer=False,
+    )
+    checkpoint = _latest_checkpoint(run_dir) if resume else None
+    if not resume and accelerator.is_main_process and _latest_checkpoint(run_dir) is not None:
+        raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another output_dir.")
+    start_step = _check_resumable(checkpoint, cfg) if checkpoint else 0
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    set_seed(cfg.seed)
+
+    train_texts, val_texts, data_name = _corpus_texts(cfg)
+    tokenizer = _tokenizer(cfg, train_texts, run_dir, accelerator)
+    train_blocks = _blocks(tokenizer, train_texts, cfg.seq_len - 1)  # the collator adds the BOS
+    val_blocks = _blocks(tokenizer, val_texts, cfg.seq_len - 1)
+    if not train_blocks:
+        raise ValueError(f"The training texts hold fewer than seq_len={cfg.seq_len} tokens.")
+    collator = _BatchSeededCollator(objective.make_collator(cfg, tokenizer, cfg.seed),
+                                    seed=cfg.seed * 1000 + accelerator.process_index,
+                                    start=start_step * cfg.gradient_accumulation_steps)
+    loader = torch.utils.data.DataLoader(train_blocks, batch_size=cfg.batch_size, shuffle=True,
+                                         collate_fn=collator, drop_last=True)
+    model = _model(cfg, tokenizer, objective)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if len(loader) < cfg.gradient_accumulation_steps:
+        raise ValueError("Fewer batches per epoch than gradient_accumulation_steps; lower batch_size.")
+
+    if checkpoint:
+        accelerator.load_state(str(checkpoint))
+        logger.info("resumed from %s at step %d", checkpoint, start_step)
+
+    log_path = run_dir / "metrics.jsonl"
+    writer = None
+    if accelerator.is_main_process:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+
+    micro_per_epoch = len(loader)
+    micro_done = start_step * cfg.gradient_accumulation_steps
+    epoch = micro_done // micro_per_epoch
+    skip = micro_done % micro_per_epoch
+    step, tokens_seen = start_step, 0
+    window_loss, window_steps, window_start, run_start = 0.0, 0, time.perf_counter(), time.perf_counter()
+    history: list[dict] = []
+    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process),
+               desc=f"pretrain {cfg.objective}", unit="step")
+    model.train()
+    while step < cfg.max_steps:
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        skip = 0
+        for batch in epoch_loader:
+            # Dropout is seeded per micro-batch: creating a DataLoader iterator (as a resume does) draws from the
+            # global generator, so a state saved with the checkpoint alone would not make resumption bit-exact.
+            torch.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + micro_done)
+            micro_done += 1
+            with accelerator.accumulate(model):
+                loss = model(**batch, only_target_logits=True).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            tokens_seen += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            window_loss += accelerator.gather(loss.detach()[None]).mean().item() / cfg.gradient_accumulation_steps
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            window_steps += 1
+            bar.update(1)
+            record: dict[str, Any] = {}
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
+                          "tokens": tokens_seen, "tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
+                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                window_loss, window_steps, tokens_seen, window_start = 0.0, 0, 0, time.perf_counter()
+            if (step % cfg.eval_every == 0 or step == cfg.max_steps) and val_blocks:
+                record = {"step": step, **record,
+                          "val_loss": _validation_loss(model, accelerator, val_blocks, cfg, tokenizer, objective)}
+            if record and accelerator.is_main_process:
+                history.append(record)
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if writer:
+                    for key, value in record.items():
+                        if key != "step":
+                            writer.add_scalar(key, value, step)
+            if step % cfg.save_every == 0 and step < cfg.max_steps:
+                _save_checkpoint(accelerator, run_dir, step, cfg)
+            if step >= cfg.max_steps:
+                break
+        epoch += 1
+    bar.close()
+    _save_checkpoint(accelerator, run_dir, step, cfg)
+
+    final_dir = run_dir / "final"
+    if accelerator.is_main_process:
+        model_to_save = accelerator.unwrap_model(model)
+        model_to_save.save_pretrained(final_dir)
+        tokenizer.save_pretrained(final_dir)
+        _write_card(final_dir, cfg, objective, history, data_name, time.perf_counter() - run_start)
+        if writer:
+            writer.close()
+    accelerator.wait_for_everyone()
+    val = [r["val_loss"] for r in history if "val_loss" in r]
+    return {"final_dir": str(final_dir), "steps": step, "history": history,
+            "final_val_loss": val[-1] if val else None, "seconds": time.perf_counter() - run_start,
+            "data": data_name}
+
+
+def _write_card(final_dir: Path, cfg: PretrainConfig, objective: Objective, history, data_name, seconds) -> None:
+    try:
+        from .model_card import write_model_card
+    except ImportError:  # pragma: no cover
+        logger.warning("model card module unavailable; no README written")
+        return
+    val = [r["val_loss"] for r in history if "val_loss" in r]
+    results = {"validation loss": round(val[-1], 4)} if val else {}
+    if val:
+        results["validation perplexity (exp loss)"] = round(math.exp(val[-1]), 2)
+    try:
+        write_model_card(final_dir, "language_model", {
+            "repo_id": final_dir.name, "objective": objective.card_name,
+            "objective_hparams": {"group_size": cfg.group_size, "mask_ratio_range": cfg.mask_ratio_range,
+                                  "seq_len": cfg.seq_len, "steps": cfg.max_steps, "batch_size": cfg.batch_size,
+                                  "learning_rate": cfg.learning_rate},
+            "model_details": {"layers": cfg.num_hidden_layers, "hidden size": cfg.hidden_size,
+                              "heads": cfg.num_attention_heads, "vocabulary": cfg.vocab_size},
+            "training_data": f"{data_name} (split by document; see hf_genssl.data)",
+            "results": results, "results_data": f"held-out documents of {data_name}",
+            "results_hardware": f"{'GPU' if torch.cuda.is_available() else 'CPU'}, {seconds:.0f} s of training",
+        })
+    except (TypeError, ValueError) as error:
+        logger.warning("model card not written: %s", error)

@@ -52,9 +52,10 @@ class GenSSLConfig(PretrainedConfig):
         initializer_range: Std of the normal initialisation.
         content_attention: How the content stream attends when no ``group_ids`` are given:
             ``"causal"`` (token i sees j <= i) or ``"bidirectional"`` (every real token sees every real token).
-        classifier_pooling: How [`GenSSLForSequenceClassification`] pools the sequence: ``"last"`` (last
-            real token, natural for causal models), ``"mean"`` (mean over real tokens) or ``"auto"``
-            (``"last"`` for causal, ``"mean"`` for bidirectional).
+        classifier_pooling: How [`GenSSLForSequenceClassification`] pools the sequence: ``"query"`` (a
+            query-stream row after the last token; what two-stream pretraining trains), ``"last"`` (content
+            stream at the last real token), ``"mean"`` (mean content over real tokens) or ``"auto"``
+            (``"query"`` for causal, ``"mean"`` for bidirectional).
         classifier_dropout: Dropout before the classification head (defaults to ``hidden_dropout_prob``).
         tie_word_embeddings: Share the input embedding with the LM head.
         bos_token_id / eos_token_id / pad_token_id / mask_token_id: Special token ids. ``bos_token_id``
@@ -80,7 +81,7 @@ class GenSSLConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         content_attention: Literal["causal", "bidirectional"] = "causal",
-        classifier_pooling: Literal["auto", "last", "mean"] = "auto",
+        classifier_pooling: Literal["auto", "query", "last", "mean"] = "auto",
         classifier_dropout: float | None = None,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
@@ -97,8 +98,10 @@ class GenSSLConfig(PretrainedConfig):
             )
         if content_attention not in CONTENT_ATTENTION_MODES:
             raise ValueError(f"content_attention must be one of {CONTENT_ATTENTION_MODES}, got {content_attention!r}.")
-        if classifier_pooling not in ("auto", "last", "mean"):
-            raise ValueError(f"classifier_pooling must be 'auto', 'last' or 'mean', got {classifier_pooling!r}.")
+        if classifier_pooling not in ("auto", "query", "last", "mean"):
+            raise ValueError(
+                f"classifier_pooling must be 'auto', 'query', 'last' or 'mean', got {classifier_pooling!r}."
+            )
         if position_embedding_type != "absolute":
             raise ValueError(f"Only position_embedding_type='absolute' is implemented, got {position_embedding_type!r}.")
         self.vocab_size = vocab_size

@@ -509,10 +509,17 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
 
 
 class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
-    """Sequence classification / regression on the pooled content stream (``config.problem_type`` as in transformers).
+    """Sequence classification / regression (``config.problem_type`` as in transformers).
 
-    Pooling (``config.classifier_pooling``): the last real token for causal checkpoints (the only one that has
-    seen the whole input), the mean over real tokens for bidirectional ones.
+    Pooling (``config.classifier_pooling``; ``"auto"`` picks ``"query"`` for causal checkpoints, ``"mean"`` for
+    bidirectional ones):
+
+    * ``"query"``: one query-stream row placed right after the last real token, which sees the whole input.
+      Why: two-stream pretraining trains the query stream to summarise a prefix (it predicts the next token
+      from it), while the top content layer is read only through keys and values, which leaves a shared offset
+      free to grow (adding one vector to every key or value changes nothing a query sees); its features of
+      different inputs end up nearly parallel and fine-tune poorly. This row is GPT's last-token feature.
+    * ``"last"``: the content stream at the last real token; ``"mean"``: the mean content over real tokens.
     """
 
     def __init__(self, config: GenSSLConfig):
@@ -524,10 +531,16 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        pooling = self.config.classifier_pooling
-        if pooling == "auto":
-            pooling = "last" if self.config.content_attention == "causal" else "mean"
+    def _pooling(self) -> str:
+        if self.config.classifier_pooling == "auto":
+            return "query" if self.config.content_attention == "causal" else "mean"
+        return self.config.classifier_pooling
+
+    def _pool(self, outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooling = self._pooling()
+        if pooling == "query":
+            return outputs.query_hidden_state[:, 0]
+        hidden = outputs.last_hidden_state
         real = attention_mask.to(hidden.dtype)
         if pooling == "mean":
             return (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
@@ -551,6 +564,13 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
             raise ValueError(f"labels has {labels.shape[0]} rows but the batch has {reference.shape[0]} sequences.")
         if attention_mask is None:
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        query_rows = {}
+        if self._pooling() == "query":
+            # One row after the last real token (clamped if the input fills every position: it then sits on the
+            # last token's position but still sees all of the input, as its group id says).
+            after_last = attention_mask.long().sum(1, keepdim=True)
+            query_rows = dict(query_group_ids=after_last, return_content_stream=False,
+                              query_position_ids=after_last.clamp(max=self.config.max_position_embeddings - 1))
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -558,9 +578,10 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **query_rows,
             **kwargs,
         )
-        logits = self.score(self.dropout(self._pool(outputs.last_hidden_state, attention_mask)))
+        logits = self.score(self.dropout(self._pool(outputs, attention_mask)))
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)

@@ -33,7 +33,7 @@ import torch
 
 from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
 
-__all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "run_pretraining", "CONFIG_DIR"]
+__all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "parse_overrides", "run_pretraining", "CONFIG_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,19 @@ def load_config(source: str | Path | dict | PretrainConfig | None = None, overri
     if config.mixed_precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {config.mixed_precision!r}.")
     return config
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` from the command line; values parsed as YAML (numbers, lists, booleans)."""
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override expects KEY=VALUE, got {item!r}.")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 # ------------------------------------------------------------------------------------------------------------

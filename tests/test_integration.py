@@ -171,27 +171,33 @@ def test_trainer_fine_tunes_sequence_classification(tmp_path, tokenizer, texts, 
     assert logits.shape == (4, num_labels)
 
 
-def test_classification_pooling_ignores_padding():
+@pytest.mark.parametrize("attention,pooling", [("causal", "auto"), ("causal", "last"), ("bidirectional", "auto")])
+def test_classification_pooling_ignores_padding(attention, pooling):
     torch.manual_seed(0)
-    for attention in ("causal", "bidirectional"):
-        model = GenSSLForSequenceClassification(tiny_config(num_labels=3, content_attention=attention)).eval()
-        with torch.no_grad():
-            alone = model(torch.tensor([[1, 5, 6, 7]])).logits
-            right = model(torch.tensor([[1, 5, 6, 7, 0, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]])).logits
-            left = model(torch.tensor([[0, 0, 1, 5, 6, 7]]), attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]])).logits
-        torch.testing.assert_close(alone, right, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(alone, left, atol=1e-5, rtol=1e-4)
-
-
-def test_causal_lm_reads_the_query_stream_like_pretraining_with_groups_of_one():
-    """The causal LM's prediction after token i is the pretraining head's query-stream prediction of token i + 1."""
-    torch.manual_seed(0)
-    config = tiny_config()
-    pretraining = GenSSLForPreTraining(config).eval()
-    causal = GenSSLForCausalLM(config).eval()
-    causal.load_state_dict(pretraining.state_dict())
-    ids = torch.tensor([[1, 17, 42, 99, 7, 250, 3]])
+    model = GenSSLForSequenceClassification(
+        tiny_config(num_labels=3, content_attention=attention, classifier_pooling=pooling)).eval()
     with torch.no_grad():
-        query = pretraining(input_ids=ids, group_ids=torch.arange(7)[None]).logits
-        next_token = causal(ids, use_cache=False).logits
-    torch.testing.assert_close(next_token[:, :-1], query[:, 1:], atol=1e-5, rtol=1e-4)
+        alone = model(torch.tensor([[1, 5, 6, 7]])).logits
+        right = model(torch.tensor([[1, 5, 6, 7, 0, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0]])).logits
+        left = model(torch.tensor([[0, 0, 1, 5, 6, 7]]), attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]])).logits
+    torch.testing.assert_close(alone, right, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone, left, atol=1e-5, rtol=1e-4)
+
+
+def test_query_pooling_is_the_next_token_query_row():
+    """'query' pooling reads the query row the causal LM uses to predict the token after the input."""
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=2)
+    classifier = GenSSLForSequenceClassification(config).eval()
+    causal = GenSSLForCausalLM(config).eval()
+    causal.model.load_state_dict(classifier.model.state_dict())
+    ids = torch.tensor([[1, 17, 42, 99, 7]])
+    with torch.no_grad():
+        pooled = classifier.model(ids, query_group_ids=torch.tensor([[5]]), query_position_ids=torch.tensor([[5]]),
+                                  use_cache=False).query_hidden_state[:, 0]
+        expected_logits = classifier.score(pooled)
+        next_token_hidden = causal.model(ids, query_group_ids=torch.arange(1, 6)[None],
+                                         query_position_ids=torch.arange(1, 6)[None],
+                                         use_cache=False).query_hidden_state[:, -1]
+        torch.testing.assert_close(pooled, next_token_hidden, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(classifier(ids).logits, expected_logits, atol=1e-5, rtol=1e-4)

@@ -14,20 +14,7 @@ import argparse
 import json
 import sys
 
-import yaml
-
-from hf_genssl.pretraining import run_pretraining
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``key=value`` pairs; values parsed as YAML (numbers, lists, booleans)."""
-    overrides = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--override expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key] = yaml.safe_load(value)
-    return overrides
+from hf_genssl.pretraining import parse_overrides, run_pretraining
 
 
 def main(argv: list[str] | None = None) -> int:

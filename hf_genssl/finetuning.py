@@ -1,0 +1,171 @@
+"""Fine-tune a GenSSL checkpoint on a GLUE-style task with ``transformers.Trainer``.
+
+The same code serves the offline tasks (``rt-polarity``, ``rt-regression``, ``bbc-news``, ``sms-spam``), real
+GLUE (``glue/sst2``, ... when the Hub is reachable) and local GLUE-format files: the task loader returns a
+``DatasetDict`` with GLUE's columns and the task's metric name; this module tokenizes, trains, evaluates
+every epoch with the offline ``evaluate`` GLUE metric, and writes ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FinetuneConfig", "run_finetuning"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (the CLI flags of ``training/finetune_glue.py``)."""
+
+    model: str
+    task: str
+    output_dir: str
+    epochs: float = 3.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06  # a fraction of the training steps (transformers 5: warmup_steps < 1)
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    seed: int = 42
+    lora: bool = False
+    lora_r: int = 8
+    cache_dir: str | None = None
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _sentence_columns(dataset) -> tuple[str, str | None]:
+    columns = dataset.column_names
+    if "sentence" in columns:
+        return "sentence", None
+    for a, b in (("sentence1", "sentence2"), ("question", "sentence"), ("question1", "question2"),
+                 ("premise", "hypothesis")):
+        if a in columns and b in columns:
+            return a, b
+    raise ValueError(f"The dataset has no text columns in GLUE's format (sentence, or sentence1/sentence2); "
+                     f"it has {columns}.")
+
+
+def _majority_baseline(train_labels, eval_labels, is_regression: bool) -> float | None:
+    if is_regression:
+        return None
+    majority = Counter(train_labels).most_common(1)[0][0]
+    return float(np.mean(np.asarray(eval_labels) == majority))
+
+
+def run_finetuning(config: FinetuneConfig | dict) -> dict:
+    """Fine-tune, evaluate every epoch, save the model + tokenizer + card, write ``results.json``; return the results."""
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from hf_genssl.data.tasks import load_task, task_info
+    from hf_genssl.metrics import compute_glue_metric
+
+    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    info = task_info(cfg.task)
+    data = load_task(cfg.task, cache_dir=cfg.cache_dir)
+    eval_split = "validation" if "validation" in data else "test"
+    train, evaluation = data["train"], data[eval_split]
+    if cfg.max_train_samples:
+        train = train.shuffle(seed=cfg.seed).select(range(min(cfg.max_train_samples, len(train))))
+    if cfg.max_eval_samples:
+        evaluation = evaluation.shuffle(seed=cfg.seed).select(range(min(cfg.max_eval_samples, len(evaluation))))
+    first, second = _sentence_columns(train)
+
+    model_path = Path(cfg.model)
+    if model_path.exists() and not any(model_path.glob("*.safetensors")) and not any(model_path.glob("*.bin")):
+        raise ValueError(f"{cfg.model} has no model weights (*.safetensors); point --model at a saved checkpoint.")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    problem_type = "regression" if info.is_regression else "single_label_classification"
+    label_maps = {}
+    if info.label_names:
+        label_maps = {"id2label": dict(enumerate(info.label_names)),
+                      "label2id": {name: i for i, name in enumerate(info.label_names)}}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg.model, trust_remote_code=True, num_labels=info.num_labels, problem_type=problem_type, **label_maps
+    )
+    if cfg.lora:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                                                 target_modules=["q_proj", "v_proj"], modules_to_save=["score"]))
+
+    # One position is kept free for the query row that classifies after the last token.
+    max_length = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length + 1) - 1)
+
+    def tokenize(batch):
+        texts = (batch[first],) if second is None else (batch[first], batch[second])
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    keep = {"label"}
+    train_tok = train.map(tokenize, batched=True, remove_columns=[c for c in train.column_names if c not in keep])
+    eval_tok = evaluation.map(tokenize, batched=True,
+                              remove_columns=[c for c in evaluation.column_names if c not in keep])
+
+    def compute_metrics(prediction):
+        logits, labels = prediction
+        predictions = logits.squeeze(-1) if info.is_regression else logits.argmax(-1)
+        return compute_glue_metric(info.metric, predictions=predictions, references=labels)
+
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=2 * cfg.batch_size,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, eval_strategy="epoch", save_strategy="no",
+        logging_strategy="epoch", report_to=[], seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok,
+                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                      compute_metrics=compute_metrics)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    per_epoch = [{k: v for k, v in log.items()} for log in trainer.state.log_history if "eval_loss" in log]
+    final = per_epoch[-1] if per_epoch else trainer.evaluate()
+
+    if cfg.lora:
+        model = model.merge_and_unload()
+    final_dir = out / "final"
+    model.save_pretrained(final_dir)
+    tokenizer.save_pretrained(final_dir)
+    results = {
+        "task": cfg.task, "metric": info.metric, "eval_split": eval_split, "train_examples": len(train),
+        "eval_examples": len(evaluation), "final": final, "per_epoch": per_epoch, "train_seconds": seconds,
+        "majority_baseline_accuracy": _majority_baseline(list(train["label"]), list(evaluation["label"]),
+                                                         info.is_regression),
+        "config": asdict(cfg), "checkpoint": str(final_dir),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    logger.info("fine-tuned %s on %s: %s", cfg.model, cfg.task, {k: v for k, v in final.items() if k.startswith("eval_")})
+    if cfg.push_to_hub:
+        from hf_genssl.hub import HubPushError, push_checkpoint
+
+        try:
+            results["hub_url"] = push_checkpoint(final_dir, cfg.hub_model_id or final_dir.name)
+        except HubPushError as error:
+            logger.error("%s", error)
+            results["hub_error"] = str(error)
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return results

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
+import textwrap
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,3 +54,22 @@ def tiny_config(**overrides):
     )
     values.update(overrides)
     return GenSSLConfig(**values)
+
+
+BLOCK_HF_GENSSL = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_genssl" or name.startswith("hf_genssl."):
+            raise ImportError("hf_genssl is blocked in this process")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_isolated(script: str, cwd, tmp_path) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh interpreter that cannot import hf_genssl, from a directory outside the repo."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_HF_GENSSL + textwrap.dedent(script)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, pipeline
@@ -18,25 +13,7 @@ from hf_genssl import (
     GenSSLForSequenceClassification,
     GenSSLModel,
 )
-from tests.conftest import tiny_config
-
-BLOCK_HF_GENSSL = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_genssl" or name.startswith("hf_genssl."):
-            raise ImportError("hf_genssl is blocked in this process")
-sys.meta_path.insert(0, _Block())
-"""
-
-
-def run_isolated(script: str, cwd, tmp_path) -> subprocess.CompletedProcess:
-    """Run `script` in a fresh interpreter that cannot import hf_genssl, from a directory outside the repo."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_HF_GENSSL + textwrap.dedent(script)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )
+from tests.conftest import run_isolated, tiny_config
 
 
 @pytest.mark.slow

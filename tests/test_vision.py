@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -28,6 +24,7 @@ from hf_genssl.vision_eval import (
     reconstruct,
     reconstruction_eval,
 )
+from tests.conftest import run_isolated
 
 SIZE, PATCH = 16, 4  # a 4 x 4 patch grid
 GRID = SIZE // PATCH
@@ -421,16 +418,6 @@ def test_tiny_model_trains_and_loss_falls(objective):
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3])
 
 
-BLOCK_HF_GENSSL = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "hf_genssl" or name.startswith("hf_genssl."):
-            raise ImportError("hf_genssl is blocked in this process")
-sys.meta_path.insert(0, _Block())
-"""
-
-
 @pytest.mark.slow
 def test_trust_remote_code_in_a_process_without_hf_genssl(tmp_path):
     from transformers import ViTImageProcessorPil
@@ -471,15 +458,7 @@ def test_trust_remote_code_in_a_process_without_hf_genssl(tmp_path):
     out["labels"] = [p["label"] for p in classify(np.zeros((16, 16, 1), dtype=np.uint8), top_k=4)]
     torch.save(out, {str(tmp_path / "out.pt")!r})
     """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCK_HF_GENSSL + textwrap.dedent(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_isolated(script, cwd=tmp_path, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt")
     for key, value in expected.items():

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 # Keys that may change between a run and its resumption (they do not change what is trained).
-_RESUMABLE_KEYS = {"output_dir", "log_every", "eval_every", "save_every", "keep_checkpoints", "progress", "cache_dir"}
+_RESUMABLE_KEYS = {"output_dir", "log_every", "eval_every", "save_every", "keep_checkpoints", "progress", "cache_dir",
+                   "push_to_hub", "hub_model_id"}
 
 
 @dataclass
@@ -52,6 +53,15 @@ class PretrainConfig:
     group_size: int | list[int] | str = 2
     cut_probability: float = 0.5
     mask_ratio_range: list[float] = field(default_factory=lambda: [0.15, 0.15])
+    # images (objectives vit_*): patches of a square image, ordered / grouped / masked by the collator
+    image_dataset: str = "fashion_mnist"
+    image_size: int = 28
+    patch_size: int = 4
+    num_channels: int = 1
+    order: str = "raster"  # "raster" or "random" (shuffled square segments, RandSAC)
+    segment_size: int = 1
+    norm_pix_loss: bool = False
+    max_images: int | None = None
     # data
     corpus: list[str] = field(default_factory=lambda: ["sotu"])
     texts: list[str] | None = None  # an in-memory corpus (tests); replaces `corpus`
@@ -83,6 +93,8 @@ class PretrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     progress: bool = True
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
 
     def training_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_KEYS}
@@ -93,12 +105,13 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class Objective:
-    """How an objective shows up: the content stream's attention and the collator that builds its batches."""
+    """How an objective shows up: the data it reads, the content stream's attention, the collator of its batches."""
 
     content_attention: str
     make_collator: Callable[[PretrainConfig, Any, int], Any]
     description: str
     card_name: str  # the objective's name in hf_genssl.model_card.KNOWN_OBJECTIVES
+    modality: str = "text"  # "text" (token blocks, GenSSLForPreTraining) or "image" (GenSSLViTForPreTraining)
 
 
 def _semi_ar(group_size_of: Callable[[PretrainConfig], Any]):
@@ -118,6 +131,26 @@ def _masked(fixed: bool):
     return make
 
 
+def _image_semi_ar(group_size_of: Callable[[PretrainConfig], Any]):
+    def make(cfg: PretrainConfig, processor, seed: int):
+        from .image_collators import DataCollatorForSemiAutoregressiveImages
+
+        return DataCollatorForSemiAutoregressiveImages(patch_size=cfg.patch_size, segment_size=cfg.segment_size,
+                                                       order=cfg.order, group_size=group_size_of(cfg), seed=seed)
+    return make
+
+
+def _image_masked(fixed: bool):
+    def make(cfg: PretrainConfig, processor, seed: int):
+        from .image_collators import DataCollatorForVariableLengthImageMasking
+
+        lo, hi = cfg.mask_ratio_range
+        if fixed and lo != hi:
+            raise ValueError(f"objective 'vit_masked' uses one fixed ratio; got mask_ratio_range={cfg.mask_ratio_range}.")
+        return DataCollatorForVariableLengthImageMasking(patch_size=cfg.patch_size, mask_ratio_range=(lo, hi), seed=seed)
+    return make
+
+
 OBJECTIVES: dict[str, Objective] = {
     "ar": Objective("causal", _semi_ar(lambda cfg: 1), "autoregressive: two streams, one token per group",
                     "autoregressive"),
@@ -126,6 +159,15 @@ OBJECTIVES: dict[str, Objective] = {
     "masked": Objective("bidirectional", _masked(fixed=True), "masked LM with a fixed ratio (BERT)", "masked"),
     "variable_masked": Objective("bidirectional", _masked(fixed=False),
                                  "masked LM with a per-sample ratio from `mask_ratio_range`", "variable_length_masked"),
+    "vit_ar": Objective("causal", _image_semi_ar(lambda cfg: 1), "autoregressive over patches (raster order)",
+                        "autoregressive", "image"),
+    "vit_semi_ar": Objective("causal", _image_semi_ar(lambda cfg: cfg.group_size),
+                             "semi-autoregressive over patches: groups of `group_size` segments", "semi_autoregressive",
+                             "image"),
+    "vit_masked": Objective("bidirectional", _image_masked(fixed=True), "masked image modelling, fixed ratio",
+                            "masked", "image"),
+    "vit_variable_masked": Objective("bidirectional", _image_masked(fixed=False),
+                                     "masked image modelling with a per-image ratio", "variable_length_masked", "image"),
 }
 
 
@@ -234,6 +276,23 @@ class _BatchSeededCollator:
         return self.collator(examples)
 
 
+def _image_data(cfg: PretrainConfig) -> tuple[list[dict], list[dict], str]:
+    """Images as ``{"pixel_values": (C, H, W) in [0, 1]}`` examples; validation = the dataset's test split."""
+    from .data.images import image_arrays
+
+    arrays = image_arrays(cfg.image_dataset, cfg.cache_dir)
+
+    def examples(split: str) -> list[dict]:
+        images = arrays[split][0][: cfg.max_images]
+        pixels = torch.from_numpy(images.copy()).float().div(255.0)[:, None]
+        if pixels.shape[-1] != cfg.image_size or cfg.num_channels != 1:
+            raise ValueError(f"{cfg.image_dataset} has 1-channel {pixels.shape[-1]}-pixel images; set image_size and "
+                             "num_channels accordingly.")
+        return [{"pixel_values": p} for p in pixels]
+
+    return examples("train"), examples("test"), cfg.image_dataset
+
+
 # ------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------------------
@@ -287,6 +346,19 @@ def _check_resumable(checkpoint: Path, cfg: PretrainConfig) -> int:
 # ------------------------------------------------------------------------------------------------------------
 # the loop
 # ------------------------------------------------------------------------------------------------------------
+
+
+def _image_model(cfg: PretrainConfig, objective: Objective):
+    from .configuration_genssl_vit import GenSSLViTConfig
+    from .modeling_genssl_vit import GenSSLViTForPreTraining
+
+    return GenSSLViTForPreTraining(GenSSLViTConfig(
+        image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.num_channels,
+        hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size or 4 * cfg.hidden_size,
+        hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+        content_attention=objective.content_attention, norm_pix_loss=cfg.norm_pix_loss,
+    ))
 
 
 def _model(cfg: PretrainConfig, tokenizer, objective: Objective):
@@ -348,18 +420,26 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     set_seed(cfg.seed)
 
-    train_texts, val_texts, data_name = _corpus_texts(cfg)
-    tokenizer = _tokenizer(cfg, train_texts, run_dir, accelerator)
-    train_blocks = _blocks(tokenizer, train_texts, cfg.seq_len - 1)  # the collator adds the BOS
-    val_blocks = _blocks(tokenizer, val_texts, cfg.seq_len - 1)
-    if not train_blocks:
-        raise ValueError(f"The training texts hold fewer than seq_len={cfg.seq_len} tokens.")
+    if objective.modality == "image":
+        train_blocks, val_blocks, data_name = _image_data(cfg)
+        processor = _image_processor(cfg)
+        model = _image_model(cfg, objective)
+        items_per_example = (cfg.image_size // cfg.patch_size) ** 2
+    else:
+        train_texts, val_texts, data_name = _corpus_texts(cfg)
+        processor = _tokenizer(cfg, train_texts, run_dir, accelerator)
+        train_blocks = _blocks(processor, train_texts, cfg.seq_len - 1)  # the collator adds the BOS
+        val_blocks = _blocks(processor, val_texts, cfg.seq_len - 1)
+        model = _model(cfg, processor, objective)
+        items_per_example = cfg.seq_len
+    if len(train_blocks) < cfg.batch_size:
+        raise ValueError(f"Fewer training examples ({len(train_blocks)}) than batch_size={cfg.batch_size}.")
+    tokenizer = processor
     collator = _BatchSeededCollator(objective.make_collator(cfg, tokenizer, cfg.seed),
                                     seed=cfg.seed * 1000 + accelerator.process_index,
                                     start=start_step * cfg.gradient_accumulation_steps)
     loader = torch.utils.data.DataLoader(train_blocks, batch_size=cfg.batch_size, shuffle=True,
                                          collate_fn=collator, drop_last=True)
-    model = _model(cfg, tokenizer, objective)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -411,7 +491,8 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            tokens_seen += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            real = batch["attention_mask"].sum() if "attention_mask" in batch else len(batch["pixel_values"]) * items_per_example
+            tokens_seen += int(real) * accelerator.num_processes
             window_loss += accelerator.gather(loss.detach()[None]).mean().item() / cfg.gradient_accumulation_steps
             if not accelerator.sync_gradients:
                 continue
@@ -450,6 +531,13 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         model_to_save.save_pretrained(final_dir)
         tokenizer.save_pretrained(final_dir)
         _write_card(final_dir, cfg, objective, history, data_name, time.perf_counter() - run_start)
+        if cfg.push_to_hub:
+            from .hub import HubPushError, push_checkpoint
+
+            try:
+                logger.info("pushed to %s", push_checkpoint(final_dir, cfg.hub_model_id or final_dir.parent.name))
+            except HubPushError as error:  # the local checkpoint is intact; say why and finish the run
+                logger.error("%s", error)
         if writer:
             writer.close()
     accelerator.wait_for_everyone()
@@ -457,6 +545,14 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
     return {"final_dir": str(final_dir), "steps": step, "history": history,
             "final_val_loss": val[-1] if val else None, "seconds": time.perf_counter() - run_start,
             "data": data_name}
+
+
+def _image_processor(cfg: PretrainConfig):
+    """Saved with image checkpoints so the image-classification pipeline works (Pillow-based, no torchvision)."""
+    from transformers import ViTImageProcessorPil
+
+    return ViTImageProcessorPil(size={"height": cfg.image_size, "width": cfg.image_size}, do_normalize=False,
+                                image_mean=[0.0] * cfg.num_channels, image_std=[1.0] * cfg.num_channels)
 
 
 def _write_card(final_dir: Path, cfg: PretrainConfig, objective: Objective, history, data_name, seconds) -> None:
@@ -470,13 +566,15 @@ def _write_card(final_dir: Path, cfg: PretrainConfig, objective: Objective, hist
     if val:
         results["validation perplexity (exp loss)"] = round(math.exp(val[-1]), 2)
     try:
-        write_model_card(final_dir, "language_model", {
+        write_model_card(final_dir, "vision_model" if objective.modality == "image" else "language_model", {
             "repo_id": final_dir.name, "objective": objective.card_name,
             "objective_hparams": {"group_size": cfg.group_size, "mask_ratio_range": cfg.mask_ratio_range,
                                   "seq_len": cfg.seq_len, "steps": cfg.max_steps, "batch_size": cfg.batch_size,
                                   "learning_rate": cfg.learning_rate},
             "model_details": {"layers": cfg.num_hidden_layers, "hidden size": cfg.hidden_size,
-                              "heads": cfg.num_attention_heads, "vocabulary": cfg.vocab_size},
+                              "heads": cfg.num_attention_heads,
+                              **({"image / patch": f"{cfg.image_size} / {cfg.patch_size}"}
+                                 if objective.modality == "image" else {"vocabulary": cfg.vocab_size})},
             "training_data": f"{data_name} (split by document; see hf_genssl.data)",
             "results": results, "results_data": f"held-out documents of {data_name}",
             "results_hardware": f"{'GPU' if torch.cuda.is_available() else 'CPU'}, {seconds:.0f} s of training",

@@ -127,3 +127,25 @@ def test_two_processes_match_one_process(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-4)
     for a, b in zip(weights(one).values(), weights(two).values()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["vit_semi_ar", "vit_variable_masked"])
+def test_vision_objectives_run_through_the_same_loop(tmp_path, objective):
+    from transformers import pipeline
+
+    cache = os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache")
+    result = run_pretraining("vit_tiny", {
+        "objective": objective, "image_dataset": "mnist_5k", "max_images": 256, "max_steps": 16,
+        "mask_ratio_range": [0.1, 0.9], "hidden_size": 32, "num_hidden_layers": 2, "batch_size": 32,
+        "eval_every": 8, "log_every": 4, "save_every": 1000, "progress": False, "cache_dir": cache,
+        "output_dir": str(tmp_path / "run"),
+    })
+    losses = [r["loss"] for r in result["history"] if "loss" in r]
+    assert losses[-1] < losses[0], losses
+    final = Path(result["final_dir"])
+    assert (final / "preprocessor_config.json").exists() and (final / "modeling_genssl_vit.py").exists()
+    classify = pipeline("image-classification", model=str(final), trust_remote_code=True)
+    import numpy as np
+
+    assert len(classify(np.zeros((28, 28, 1), dtype=np.uint8), top_k=2)) == 2

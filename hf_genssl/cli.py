@@ -107,6 +107,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from hf_genssl.reproduce import run_reproduce
+
+    print(run_reproduce(args.out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
+                        cache_dir=args.cache_dir))
+    return 0
+
+
 def cmd_theory(args: argparse.Namespace) -> int:
     from hf_genssl import theory
 
@@ -170,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("reproduce", help="the paper's comparisons at small scale, with seeds (writes RESULTS.md)")
+    p.add_argument("--out", default="results")
+    p.add_argument("--quick", action="store_true", help="a smoke run of the same code path (not evidence)")
+    p.add_argument("--scale", default="default", choices=["default", "gpu"])
+    p.add_argument("--experiments", nargs="+", default=["classification", "generation"],
+                   choices=["classification", "generation"])
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("theory", help="co-occurrence spectra of the paper's Theorem 4.2 toy model")
     p.add_argument("--out", default="results/theory")
     p.set_defaults(func=cmd_theory)
@@ -188,9 +205,12 @@ def _add_optional_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from hf_genssl.data.sources import DataUnavailableError
+    from hf_genssl.hub import HubPushError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as error:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, DataUnavailableError, HubPushError) as error:  # one line, no traceback
         print(f"genssl {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -22,13 +22,13 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .sources import cache_lock, cache_root, fetch_source
+from .sources import cache_root, fetch_source
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CORPUS_SOURCES",
     "clean_text",
+    "column",
     "corpus_report",
     "decode_text",
     "iter_corpus_texts",
@@ -52,9 +53,9 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 FORMAT_VERSION = 1  # bump when cleaning or splitting changes, so cached corpora are rebuilt
 META_FILE = "genssl_meta.json"
 
-_GUTENBERG_START = re.compile(r"^\*{3} ?START OF (THIS|THE) PROJECT GUTENBERG.*$", re.M | re.I)
+_GUTENBERG_START = re.compile(r"^\*{3} ?START OF (THIS|THE) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)
 _GUTENBERG_END = re.compile(r"^(\*{3} ?END OF (THIS|THE) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$",
-                            re.M | re.I)
+                            re.MULTILINE | re.IGNORECASE)
 _SPACES = re.compile(r"[^\S\n]+")  # any whitespace but the newline: tabs, NBSP, thin spaces
 _SPACE_AROUND_NEWLINE = re.compile(r" *\n *")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -93,6 +94,15 @@ def clean_text(text: str) -> str:
 def _clean_batch(batch: dict[str, list]) -> dict[str, list]:
     return {"text": [clean_text(strip_gutenberg(text) if source == "shakespeare" else text)
                      for text, source in zip(batch["text"], batch["source"])]}
+
+
+def column(dataset: Dataset, name: str) -> np.ndarray:
+    """One column as a numpy array, read through Arrow in one call.
+
+    ``dataset[name]`` in datasets >= 4 is a lazy ``Column`` that formats row by row when iterated (seconds for
+    a few thousand rows); the Arrow view honours ``select``/split indices and converts in bulk.
+    """
+    return dataset.with_format("arrow")[name].to_numpy()
 
 
 def decode_text(raw: bytes) -> str:
@@ -152,7 +162,7 @@ def source_documents(source: str, cache_dir: str | os.PathLike | None = None) ->
 def iter_documents(source: str, cache_dir: str | os.PathLike | None = None) -> Iterator[tuple[str, str]]:
     """``(doc_id, raw text)`` pairs of one corpus source (before cleaning and splitting)."""
     documents = source_documents(source, cache_dir)
-    yield from zip(documents["doc_id"], documents["text"])
+    yield from zip(column(documents, "doc_id"), column(documents, "text"))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -170,13 +180,13 @@ def _held_out_count(n: int, fraction: float) -> int:
     """Documents of one source that go to a held-out split: its share, and at least one when it has >= 3."""
     if fraction <= 0:
         return 0
-    return max(int(round(n * fraction)), 1 if n >= 3 else 0)
+    return max(round(n * fraction), 1 if n >= 3 else 0)
 
 
 def split_by_document(documents: Dataset, seed: int, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
     """Row indices of each split: per source, the documents with the lowest hash go to test, then validation."""
-    sources = np.asarray(documents["source"])
-    keys = _hash_keys(documents["doc_id"], seed)
+    sources = column(documents, "source")
+    keys = _hash_keys(column(documents, "doc_id"), seed)
     parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     for source in dict.fromkeys(sources.tolist()):
         rows = np.flatnonzero(sources == source)
@@ -213,17 +223,12 @@ def _corpus_path(root: Path, sources: tuple[str, ...], seed: int, val_fraction: 
     return root / "datasets" / name
 
 
-def _load_cached(path: Path, params: dict) -> DatasetDict | None:
-    from datasets import load_from_disk
-
+def saved_params(path: Path) -> dict | None:
+    """The build settings stored with a saved dataset (None when absent or unreadable)."""
     try:
-        meta = json.loads((path / META_FILE).read_text())
+        return json.loads((path / META_FILE).read_text()).get("params")
     except (OSError, ValueError):
         return None
-    if meta.get("params") != params:
-        logger.info("%s was built with other settings (%s); rebuilding", path, meta.get("params"))
-        return None
-    return load_from_disk(str(path))
 
 
 def save_atomically(data: DatasetDict, path: Path, meta: dict) -> None:
@@ -237,6 +242,27 @@ def save_atomically(data: DatasetDict, path: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
+def cached_dataset(path: Path, params: dict, build: Callable[[], DatasetDict],
+                   report: Callable[[DatasetDict], dict] | None = None) -> DatasetDict:
+    """Load the ``DatasetDict`` saved at ``path`` if it was built with ``params``; else build, save, load it.
+
+    ``params`` (with a format version) is stored next to the data, so a change of settings or of the
+    building code rebuilds instead of silently reusing a stale copy. A lock makes concurrent callers (DDP
+    ranks) build once.
+    """
+    from datasets import load_from_disk
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        if saved_params(path) != params:
+            if path.exists():
+                logger.info("%s was built with other settings; rebuilding", path)
+            data = build()
+            save_atomically(data, path, {"params": params, **({"report": report(data)} if report else {})})
+        return load_from_disk(str(path))
+
+
 def _build_corpus(sources: tuple[str, ...], cache_dir, seed: int, val_fraction: float, test_fraction: float,
                   max_docs: int | None) -> DatasetDict:
     import pandas as pd
@@ -248,8 +274,7 @@ def _build_corpus(sources: tuple[str, ...], cache_dir, seed: int, val_fraction: 
         parts.append(documents.select(range(min(max_docs, len(documents)))) if max_docs else documents)
     documents = concatenate_datasets(parts)
     documents = documents.map(_clean_batch, batched=True, desc="cleaning")
-    keep = documents.with_format("arrow")["text"]
-    texts = pd.Series(keep.to_pandas())
+    texts = pd.Series(column(documents, "text"))
     mask = (texts.str.len() > 0) & ~texts.duplicated()
     dropped = len(texts) - int(mask.sum())
     if dropped:
@@ -285,13 +310,8 @@ def load_pretraining_corpus(
     path = _corpus_path(root, sources, seed, val_fraction, test_fraction, max_docs)
     params = {"version": FORMAT_VERSION, "sources": list(sources), "seed": seed, "val_fraction": val_fraction,
               "test_fraction": test_fraction, "max_docs": max_docs}
-    with cache_lock(root, path.name):
-        corpus = _load_cached(path, params)
-        if corpus is None:
-            built = _build_corpus(sources, cache_dir, seed, val_fraction, test_fraction, max_docs)
-            report = corpus_report(built)
-            save_atomically(built, path, {"params": params, "report": report})
-            corpus = _load_cached(path, params)
+    corpus = cached_dataset(path, params, lambda: _build_corpus(sources, cache_dir, seed, val_fraction,
+                                                                test_fraction, max_docs), corpus_report)
     report = corpus_report(corpus)
     logger.info("corpus %s: %s", path.name, ", ".join(
         f"{split} {r['documents']} docs / {r['characters']:,} chars" for split, r in report.items()))

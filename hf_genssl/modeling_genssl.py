@@ -34,7 +34,7 @@ except ImportError:  # transformers 4.x
 
 from .configuration_genssl import GenSSLConfig
 from .decoding import group_parallel_generate, unmasking_generate
-from .two_stream_attention import TwoStreamBlock, visibility_mask
+from .two_stream_attention import TwoStreamBlock, rotary_cos_sin, visibility_mask
 
 __all__ = [
     "GenSSLPreTrainedModel",
@@ -116,7 +116,10 @@ class GenSSLModel(GenSSLPreTrainedModel):
     def __init__(self, config: GenSSLConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.embed_positions = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_embedding_type == "absolute" else None
+        )
         self.query_stream_start = nn.Parameter(torch.zeros(config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(TwoStreamBlock(config, i) for i in range(config.num_hidden_layers))
@@ -230,12 +233,23 @@ class GenSSLModel(GenSSLPreTrainedModel):
         row_limits = torch.cat([content_gids + 1, query_group_ids], dim=1) if two_streams else content_gids + 1
         mask = visibility_mask(row_limits, key_gids, attention_mask)
 
-        position_embeds = self.embed_positions(positions)
-        hidden_states = self.dropout(inputs_embeds + position_embeds)
+        # Positions: learned absolute embeddings added to both streams, or RoPE applied inside attention to every
+        # row (content and query rows by their own positions) and to the content keys.
+        rotary = None
+        if self.config.position_embedding_type == "rope":
+            row_positions = torch.cat([positions, query_position_ids], dim=1) if two_streams else positions
+            rotary = rotary_cos_sin(row_positions, self.config.hidden_size // self.config.num_attention_heads,
+                                    self.config.rope_theta, inputs_embeds.dtype)
+            content_embeds = inputs_embeds
+            query_embeds = self.query_stream_start.to(inputs_embeds.dtype).expand(
+                batch_size, query_position_ids.shape[1] if two_streams else 0, -1)
+        else:
+            content_embeds = inputs_embeds + self.embed_positions(positions)
+            if two_streams:
+                query_embeds = self.query_stream_start.to(inputs_embeds.dtype) + self.embed_positions(query_position_ids)
+        hidden_states = self.dropout(content_embeds)
         if two_streams:
-            query_position_embeds = self.embed_positions(query_position_ids)
-            query_stream = self.dropout(self.query_stream_start.to(position_embeds.dtype) + query_position_embeds)
-            hidden_states = torch.cat([hidden_states, query_stream], dim=1)
+            hidden_states = torch.cat([hidden_states, self.dropout(query_embeds)], dim=1)
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -252,6 +266,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 content_queries=content_queries,
                 past_key_values=past_key_values,
                 output_attentions=output_attentions,
+                rotary=rotary,
             )
             if output_attentions:
                 all_attentions += (attn_weights,)

@@ -32,6 +32,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 __all__ = [
     "visibility_mask",
+    "rotary_cos_sin",
     "eager_attention_forward",
     "TwoStreamAttention",
     "TwoStreamMLP",
@@ -69,6 +70,21 @@ def visibility_mask(
     empty_rows = ~visible.any(-1, keepdim=True)
     visible = visible | (empty_rows & first_key[:, None, :])
     return visible[:, None]
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0, dtype=torch.float32):
+    """RoPE angles for integer ``positions`` ``(batch, n)``: ``cos``, ``sin`` of shape ``(batch, n, head_dim)``."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    angles = positions[..., None].float() * inv_freq
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Apply RoPE to ``x`` ``(batch, heads, n, head_dim)`` (the rotate-half convention of Llama/GPT-NeoX)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
 
 
 def eager_attention_forward(
@@ -132,6 +148,7 @@ class TwoStreamAttention(nn.Module):
         attention_mask: torch.Tensor,
         content_queries: bool = True,
         past_key_values=None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         content = hidden_states[:, :n_content]
@@ -139,6 +156,11 @@ class TwoStreamAttention(nn.Module):
         query = self._heads(self.q_proj(queries))
         key = self._heads(self.k_proj(content))
         value = self._heads(self.v_proj(content))
+        if rotary is not None:  # rows [content; query] carry their own positions; keys are the content rows
+            cos, sin = rotary
+            first_row = 0 if content_queries else n_content
+            query = _rotate(query, cos[:, first_row:], sin[:, first_row:])
+            key = _rotate(key, cos[:, :n_content], sin[:, :n_content])
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 
@@ -189,15 +211,20 @@ class TwoStreamBlock(GradientCheckpointingLayer):
         attention_mask: torch.Tensor,
         content_queries: bool = True,
         past_key_values=None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns the updated rows (all rows, or only the query-stream rows when ``content_queries=False``)."""
+        """Returns the updated rows (all rows, or only the query-stream rows when ``content_queries=False``).
+
+        ``rotary``: RoPE ``(cos, sin)`` for every row ``[content; query]`` (the first ``n_content`` are also the keys').
+        """
         attn_out, weights = self.attn(
             self.ln_1(hidden_states),
             n_content,
             attention_mask,
             content_queries=content_queries,
             past_key_values=past_key_values,
+            rotary=rotary,
             **kwargs,
         )
         residual = hidden_states if content_queries else hidden_states[:, n_content:]

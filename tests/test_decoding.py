@@ -66,9 +66,10 @@ def test_eos_stops_and_pads():
     model = GenSSLForCausalLM(tiny_config()).eval()
     prompt = torch.tensor([[1, 5, 6]])
     free = group_parallel_generate(model, prompt, max_new_tokens=6, group_size=2, eos_token_id=None)
-    eos = int(free[0, 4])  # the second generated token: pretend it is EOS
+    eos = int(free[0, 3])  # the first generated token: pretend it is EOS
     out = group_parallel_generate(model, prompt, max_new_tokens=6, group_size=2, eos_token_id=eos, pad_token_id=0)
-    assert out.shape[1] == 5 and out[0, 4] == eos
+    assert out.shape[1] == 5  # one group of two, then stop
+    assert out[0, 3] == eos and out[0, 4] == 0  # what the group predicted after EOS becomes padding
 
 
 def test_unmasking_generation():

@@ -77,15 +77,28 @@ def two_stream_reference(model: GenSSLModel, input_ids, group_ids) -> tuple[torc
     content_mask = gid[None, :] <= gid[:, None]
     query_mask = gid[None, :] < gid[:, None]
     query_mask[~query_mask.any(-1), 0] = True  # the BOS query row, as the model does
-    pos = model.embed_positions(torch.arange(T))
-    h = model.embed_tokens(input_ids) + pos
-    g = model.query_stream_start + pos[None]
+    H, d = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    if model.config.position_embedding_type == "rope":  # rotate q and k by their positions (Llama convention)
+        angles = torch.arange(T)[:, None] / (model.config.rope_theta ** (torch.arange(0, d, 2) / d))
+        angles = torch.cat([angles, angles], dim=-1)
+
+        def rope(x):
+            return x * angles.cos() + torch.cat([-x[..., d // 2:], x[..., : d // 2]], dim=-1) * angles.sin()
+
+        h = model.embed_tokens(input_ids)
+        g = model.query_stream_start.expand(1, T, -1)
+    else:
+        def rope(x):
+            return x
+
+        pos = model.embed_positions(torch.arange(T))
+        h = model.embed_tokens(input_ids) + pos
+        g = model.query_stream_start + pos[None]
 
     def attend(layer, x_q, x_kv, mask):
         a = layer.attn
-        H, d = a.num_heads, a.head_dim
-        q = a.q_proj(x_q).view(1, T, H, d).transpose(1, 2)
-        k = a.k_proj(x_kv).view(1, T, H, d).transpose(1, 2)
+        q = rope(a.q_proj(x_q).view(1, T, H, d).transpose(1, 2))
+        k = rope(a.k_proj(x_kv).view(1, T, H, d).transpose(1, 2))
         v = a.v_proj(x_kv).view(1, T, H, d).transpose(1, 2)
         scores = (q @ k.transpose(-1, -2)) / d**0.5
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -98,10 +111,11 @@ def two_stream_reference(model: GenSSLModel, input_ids, group_ids) -> tuple[torc
     return model.norm(h), model.norm(g)
 
 
+@pytest.mark.parametrize("positions", ["rope", "absolute"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_one_call_equals_two_separate_streams(attn):
+def test_one_call_equals_two_separate_streams(attn, positions):
     torch.manual_seed(0)
-    model = GenSSLModel(tiny_config(num_hidden_layers=3)).eval()
+    model = GenSSLModel(tiny_config(num_hidden_layers=3, position_embedding_type=positions)).eval()
     model.config._attn_implementation = attn
     batch = random_batch(3, B=1, T=11)
     with torch.no_grad():

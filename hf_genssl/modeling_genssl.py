@@ -149,6 +149,16 @@ class GenSSLModel(GenSSLPreTrainedModel):
         self._check_positions(positions)
         return positions
 
+    def _rope_table(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE ``cos``/``sin`` for every position, computed once per device and dtype (decoding calls forward per token)."""
+        key = (device, dtype)
+        if getattr(self, "_rope_cache_key", None) != key:
+            positions = torch.arange(self.config.max_position_embeddings, device=device)[None]
+            cos, sin = rotary_cos_sin(positions, self.config.hidden_size // self.config.num_attention_heads,
+                                      self.config.rope_theta, dtype)
+            self._rope_cache, self._rope_cache_key = (cos[0], sin[0]), key
+        return self._rope_cache
+
     def _default_group_ids(self, positions: torch.Tensor) -> torch.Tensor:
         """Group ids of the content stream when the caller gives none: the configured attention."""
         if self.config.content_attention == "causal":
@@ -238,8 +248,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         rotary = None
         if self.config.position_embedding_type == "rope":
             row_positions = torch.cat([positions, query_position_ids], dim=1) if two_streams else positions
-            rotary = rotary_cos_sin(row_positions, self.config.hidden_size // self.config.num_attention_heads,
-                                    self.config.rope_theta, inputs_embeds.dtype)
+            cos, sin = self._rope_table(inputs_embeds.device, inputs_embeds.dtype)
+            rotary = (cos[row_positions], sin[row_positions])
             content_embeds = inputs_embeds
             query_embeds = self.query_stream_start.to(inputs_embeds.dtype).expand(
                 batch_size, query_position_ids.shape[1] if two_streams else 0, -1)

@@ -91,6 +91,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.override)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
+    if args.push_to_hub:
+        overrides.update(push_to_hub=True, hub_model_id=args.hub_model_id)
     result = run_pretraining(args.config, overrides, resume=args.resume)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output-dir")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--push-to-hub", action="store_true", help="push the final checkpoint (model, code, tokenizer, card)")
+    p.add_argument("--hub-model-id", help="repo id to push to (default: the run directory's name)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("finetune", help="fine-tune a checkpoint on a GLUE-style task with Trainer")

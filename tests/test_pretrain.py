@@ -149,3 +149,14 @@ def test_vision_objectives_run_through_the_same_loop(tmp_path, objective):
     import numpy as np
 
     assert len(classify(np.zeros((28, 28, 1), dtype=np.uint8), top_k=2)) == 2
+
+
+def test_cli_push_flags_reach_the_config(monkeypatch, tmp_path):
+    from hf_genssl import cli
+
+    seen = {}
+    monkeypatch.setattr("hf_genssl.pretraining.run_pretraining",
+                        lambda config, overrides, resume: seen.update(overrides) or {"final_dir": "x"})
+    assert cli.main(["pretrain", "--config", "tiny", "--output-dir", str(tmp_path), "--push-to-hub",
+                     "--hub-model-id", "you/tiny", "--override", "max_steps=3"]) == 0
+    assert seen == {"max_steps": 3, "output_dir": str(tmp_path), "push_to_hub": True, "hub_model_id": "you/tiny"}

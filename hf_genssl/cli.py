@@ -8,7 +8,8 @@
     genssl generate --model DIR --prompt "..." [--group-size 2]
     genssl theory --out DIR          # the paper's Theorem 4.2 toy model, numerically
 
-Heavy imports happen inside each command so ``genssl --help`` stays instant.
+Each command imports what it runs (datasets, Trainer, accelerate) only when called; ``genssl --help`` still
+takes a few seconds, because importing the package registers the models with transformers.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class GenSSLConfig(PretrainedConfig):
     """
 
     model_type = "genssl"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]  # "cache": its name from transformers 5.24 on
 
     def __init__(
         self,

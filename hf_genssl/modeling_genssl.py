@@ -21,6 +21,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     MaskedLMOutput,
     SequenceClassifierOutputWithPast,
@@ -47,29 +48,30 @@ __all__ = [
     "GenSSLForSequenceClassification",
 ]
 
+# transformers 5.24 renamed the KV cache's argument and output field from ``past_key_values`` to ``cache`` (and
+# ``generate`` now passes ``cache=``). Forward passes accept both spellings; outputs use the installed version's.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 # Keys of cached tokens get this group id: everything already in the KV cache is visible to every new row.
 _ALWAYS_VISIBLE = torch.iinfo(torch.long).min // 2
 
 
 @dataclass
-class GenSSLModelOutput(ModelOutput):
-    """Output of [`GenSSLModel`].
+class GenSSLModelOutput(BaseModelOutputWithPast):
+    """Output of [`GenSSLModel`]: transformers' ``BaseModelOutputWithPast`` plus the query stream.
 
     Args:
         last_hidden_state: ``(batch, seq, hidden)`` content stream after the final LayerNorm (``None`` when the
             caller asked to skip the content stream of the last layer).
-        query_hidden_state: ``(batch, seq, hidden)`` query stream after the final LayerNorm; row i is the
-            representation that predicts token i. Only when ``group_ids`` are given.
-        past_key_values: KV cache of the content stream.
+        past_key_values / cache: KV cache of the content stream (the field is ``cache`` from transformers 5.24 on;
+            ``.past_key_values`` reads it under either version).
         hidden_states: content stream after the embeddings and after each block, when requested.
         attentions: attention probabilities of each block (eager attention only), rows ``[content; query]``.
+        query_hidden_state: ``(batch, seq, hidden)`` query stream after the final LayerNorm; row i is the
+            representation that predicts token i. Only when ``group_ids`` are given.
     """
 
-    last_hidden_state: torch.FloatTensor | None = None
     query_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -180,6 +182,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
         return_content_stream: bool = True,
         query_group_ids: torch.LongTensor | None = None,
         query_position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> GenSSLModelOutput | tuple:
         r"""
@@ -196,7 +199,9 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 instead of one per input token. Query row r predicts the token at ``query_position_ids[r]`` from
                 content with group id ``< query_group_ids[r]``. Used by decoding: the rows for the next token (or
                 the next group) ride along with the content pass of the tokens just emitted.
+            cache: the name transformers >= 5.24 gives ``past_key_values``; either may be passed.
         """
+        past_key_values = cache if cache is not None else past_key_values
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -292,7 +297,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
         output = GenSSLModelOutput(
             last_hidden_state=content_out,
             query_hidden_state=query_out,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
@@ -430,8 +435,10 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
+        past_key_values = cache if cache is not None else past_key_values  # transformers >= 5.24 passes cache=
         if self.config.content_attention != "causal" and (past_key_values is not None or use_cache):
             raise ValueError(
                 "This checkpoint's content stream is bidirectional (masked pretraining); a KV cache would change "
@@ -478,7 +485,7 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_FIELD: outputs.past_key_values},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )

@@ -247,6 +247,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         key_gids = torch.cat([cached_gids, content_gids], dim=1)
         row_limits = torch.cat([content_gids + 1, query_group_ids], dim=1) if two_streams else content_gids + 1
         mask = visibility_mask(row_limits, key_gids, attention_mask)
+        if not output_attentions and bool(mask.all()):
+            mask = None  # every row sees every key (decoding steps, unpadded masked LM): SDPA's unmasked kernel is faster
 
         # Positions: learned absolute embeddings added to both streams, or RoPE applied inside attention to every
         # row (content and query rows by their own positions) and to the content keys.
@@ -254,7 +256,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
         if self.config.position_embedding_type == "rope":
             row_positions = torch.cat([positions, query_position_ids], dim=1) if two_streams else positions
             cos, sin = self._rope_table(inputs_embeds.device, inputs_embeds.dtype)
-            rotary = (cos[row_positions], sin[row_positions])
+            rotary = (cos[row_positions][:, None], sin[row_positions][:, None])  # (batch, 1 head, rows, head_dim)
             content_embeds = inputs_embeds
             query_embeds = self.query_stream_start.to(inputs_embeds.dtype).expand(
                 batch_size, query_position_ids.shape[1] if two_streams else 0, -1)
@@ -277,7 +279,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
             hidden_states, attn_weights = layer(
                 hidden_states,
                 n_content,
-                mask if content_queries else mask[:, :, n_content:],
+                mask if content_queries or mask is None else mask[:, :, n_content:],
                 content_queries=content_queries,
                 past_key_values=past_key_values,
                 output_attentions=output_attentions,

@@ -304,3 +304,44 @@ def test_bad_inputs_raise_clear_errors():
         GenSSLConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="content_attention"):
         GenSSLConfig(content_attention="sideways")
+
+
+def test_rope_matches_rotate_half_reference_and_is_relative():
+    """apply_rotary (signed-sin, half swap) equals the textbook rotate-half RoPE, and q.k depends only on the offset."""
+    from hf_genssl.two_stream_attention import apply_rotary, rotary_cos_sin
+
+    head_dim, generator = 8, torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, head_dim, generator=generator)
+    positions = torch.tensor([[0, 1, 2, 7, 30], [4, 4, 5, 9, 11]])
+    cos, sin = rotary_cos_sin(positions, head_dim)
+    # Reference written out independently: angle_k = pos / 10000^(2k/d), pairs (k, k + d/2) rotated by angle_k.
+    inv_freq = torch.tensor([10000.0 ** (-2 * k / head_dim) for k in range(head_dim // 2)])
+    angle = positions[..., None].double() * inv_freq.double()
+    x1, x2 = x[..., : head_dim // 2].double(), x[..., head_dim // 2 :].double()
+    c, s = angle.cos()[:, None], angle.sin()[:, None]
+    reference = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+    torch.testing.assert_close(apply_rotary(x, cos[:, None], sin[:, None]).double(), reference, atol=1e-5, rtol=1e-5)
+
+    q, k = torch.randn(head_dim, generator=generator), torch.randn(head_dim, generator=generator)
+
+    def score(pos_q: int, pos_k: int) -> float:
+        cq, sq = rotary_cos_sin(torch.tensor([[pos_q]]), head_dim)
+        ck, sk = rotary_cos_sin(torch.tensor([[pos_k]]), head_dim)
+        return float(apply_rotary(q.view(1, 1, 1, -1), cq[:, None], sq[:, None]).flatten()
+                     @ apply_rotary(k.view(1, 1, 1, -1), ck[:, None], sk[:, None]).flatten())
+
+    assert abs(score(10, 7) - score(23, 20)) < 1e-4  # same offset, same score
+    assert abs(score(10, 7) - score(10, 2)) > 1e-3  # different offset, different score
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17])
+@pytest.mark.parametrize("bias", [True, False])
+def test_skinny_linear_equals_the_module(rows, bias):
+    """The W @ x.T path for decoding steps computes exactly what nn.Linear computes, for any number of rows."""
+    from hf_genssl.two_stream_attention import linear
+
+    layer = torch.nn.Linear(32, 48, bias=bias)
+    x = torch.randn(1, rows, 32, generator=torch.Generator().manual_seed(rows))
+    out = linear(layer, x)
+    assert out.shape == (1, rows, 48) and out.is_contiguous()
+    torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)

@@ -187,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results")
     p.add_argument("--quick", action="store_true", help="a smoke run of the same code path (not evidence)")
     p.add_argument("--scale", default="default", choices=["default", "gpu"])
-    p.add_argument("--experiments", nargs="+", default=["classification", "generation"],
-                   choices=["classification", "generation"])
+    p.add_argument("--experiments", nargs="+", default=["classification", "generation", "vision_classification",
+                                                         "vision_generation"],
+                   choices=["classification", "generation", "vision_classification", "vision_generation"])
     p.add_argument("--cache-dir")
     p.set_defaults(func=cmd_reproduce)
 

@@ -1,21 +1,25 @@
-"""``genssl reproduce``: the paper's language comparisons at a scale that fits the machine, with seeds.
+"""``genssl reproduce``: the paper's comparisons at a scale that fits the machine, with seeds.
 
-Two experiments, each cell run for several seeds, every run written to ``results/<experiment>/<cell>-seed<k>.json``
-(config, seed, data, hardware, wall time) and summarised into ``results/RESULTS.md``:
+Four experiments, each cell run for several seeds, every run written to ``results/<experiment>/<cell>-seed<k>.json``
+(config, seed, data, hardware, wall time) and summarised into ``results/RESULTS.md`` with PNG plots:
 
 1. *classification* (the paper's Table 2): the same language model pretrained as AR (g = 1) and as
    diversity-enhanced semi-AR (g = 2, and random group sizes) on the same tokens in the same order (same data
    seed), then fine-tuned on every offline GLUE-style task; per-task metric and the average.
-2. *generation* (the paper's Table 8 / Figure 3): masked models with ratio 0.15, 0.3 and variable ranges, and the
-   AR / semi-AR models for reference, scored by exact prefix perplexity on the held-out corpus split, with the
-   per-prefix-length curves in one plot.
+2. *generation* (the paper's Table 8 / Figure 3 / Figure 2): masked models with ratio 0.15, 0.3 and variable
+   ranges, and the AR / semi-AR models for reference, scored by exact prefix perplexity on the held-out corpus
+   split and on out-of-domain text (Rotten Tomatoes review sentences), with the per-prefix-length curves in one
+   plot; the same checkpoints' feature connectivity (top pairwise cosine similarity, :mod:`hf_genssl.connectivity`).
+3. *vision_classification* (the paper's Table 3): the ViT pretrained AR (raster, g = 1) and semi-AR (g = 2) on
+   Fashion-MNIST, then linear-probe and fine-tune accuracy on held-out labels.
+4. *vision_generation*: masked image modelling with ratio 0.75 and 0.5 against variable ranges, scored by
+   reconstruction L2 / PSNR with 25% of the patches hidden and predicted one after another.
 
 A claim is "held" when the difference of means exceeds the seeds' spread (the sum of both standard deviations),
 "not held" when it goes the other way by that much, "inconclusive" otherwise. ``--quick`` is a smoke test of the
 same code path (few steps): its numbers are not evidence.
 
-Not here yet (see the project's issue): the ViT comparisons, the connectivity (top pairwise similarity) metric,
-the out-of-domain perplexity text, and real GLUE runs.
+Not here yet (see the project's issue): real GLUE runs (they need the Hub).
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SCALES", "run_reproduce", "summarise"]
+__all__ = ["EXPERIMENTS", "SCALES", "run_reproduce", "summarise"]
 
 TASKS = ("rt-polarity", "rt-regression", "bbc-news", "sms-spam")
 CLASSIFICATION_CELLS = {"ar": {"objective": "ar"}, "semi_ar_g2": {"objective": "semi_ar", "group_size": 2},
@@ -40,6 +44,17 @@ GENERATION_CELLS = {
 }
 
 
+VISION_CLASSIFICATION_CELLS = {"vit_ar": {"objective": "vit_ar", "order": "raster"},
+                               "vit_semi_ar_g2": {"objective": "vit_semi_ar", "order": "raster", "group_size": 2}}
+VISION_GENERATION_CELLS = {
+    "vit_masked_0.75": {"objective": "vit_masked", "mask_ratio_range": [0.75, 0.75]},
+    "vit_masked_0.50": {"objective": "vit_masked", "mask_ratio_range": [0.5, 0.5]},
+    "vit_variable_0.1-0.9": {"objective": "vit_variable_masked", "mask_ratio_range": [0.1, 0.9]},
+    "vit_variable_0.25-1.0": {"objective": "vit_variable_masked", "mask_ratio_range": [0.25, 1.0]},
+}
+EXPERIMENTS = ("classification", "generation", "vision_classification", "vision_generation")
+
+
 @dataclass(frozen=True)
 class Scale:
     pretrain: dict
@@ -47,16 +62,31 @@ class Scale:
     finetune_samples: int | None
     ppl_texts: int
     seeds: int
+    vit_pretrain: dict = field(default_factory=dict)
+    vit_images: int | None = None  # first N images of each split for probing, fine-tuning and reconstruction
+    vit_finetune_epochs: int = 1
+    ood_texts: int = 50
+    connectivity_samples: int = 200
 
 
 SCALES = {
     "quick": Scale({"max_steps": 40, "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 2048, "max_docs": 40,
-                    "batch_size": 16, "eval_every": 40, "save_every": 1000}, 1, 1000, 3, 3),
+                    "batch_size": 16, "eval_every": 40, "save_every": 1000}, 1, 1000, 3, 3,
+                   vit_pretrain={"max_steps": 30, "hidden_size": 64, "num_hidden_layers": 2, "batch_size": 32,
+                                 "max_images": 2000, "eval_every": 30, "save_every": 1000},
+                   vit_images=500, vit_finetune_epochs=1, ood_texts=50, connectivity_samples=200),
     "default": Scale({"max_steps": 1500, "hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 8192,
-                      "batch_size": 32, "eval_every": 500, "save_every": 500}, 3, None, 40, 3),
+                      "batch_size": 32, "eval_every": 500, "save_every": 500}, 3, None, 40, 3,
+                     vit_pretrain={"max_steps": 2000, "hidden_size": 128, "num_hidden_layers": 4, "batch_size": 64,
+                                   "eval_every": 500, "save_every": 500},
+                     vit_images=5000, vit_finetune_epochs=3, ood_texts=1000, connectivity_samples=8000),
     "gpu": Scale({"max_steps": 20000, "hidden_size": 768, "num_hidden_layers": 16, "num_attention_heads": 12,
                   "vocab_size": 32768, "batch_size": 128, "mixed_precision": "bf16", "eval_every": 2000,
-                  "save_every": 5000}, 5, None, 200, 3),
+                  "save_every": 5000}, 5, None, 200, 3,
+                 vit_pretrain={"max_steps": 20000, "hidden_size": 384, "num_hidden_layers": 12,
+                               "num_attention_heads": 6, "batch_size": 256, "mixed_precision": "bf16",
+                               "eval_every": 2000, "save_every": 5000},
+                 vit_images=None, vit_finetune_epochs=10, ood_texts=5000, connectivity_samples=8000),
 }
 
 
@@ -68,15 +98,20 @@ def _hardware() -> str:
 
 
 def _pretrain(out: Path, cell: str, settings: dict, scale: Scale, seed: int, cache_dir) -> str:
+    """Pretrain one cell (or reuse its finished run). Cells of one modality share everything but the objective."""
     from .pretraining import run_pretraining
 
     run_dir = out / "runs" / f"{cell}-seed{seed}"
     final = run_dir / "final"
     if (final / "model.safetensors").exists():
         return str(final)
-    config = {"corpus": ["sotu", "news", "shakespeare"], "seq_len": 128, "num_attention_heads": 4,
-              "learning_rate": 1e-3, "warmup_steps": 30, "progress": False, "cache_dir": cache_dir,
-              **scale.pretrain, **settings, "seed": seed, "output_dir": str(run_dir)}
+    if settings["objective"].startswith("vit_"):
+        base = {"image_dataset": "fashion_mnist", "image_size": 28, "patch_size": 4, "num_attention_heads": 4,
+                **scale.vit_pretrain}
+    else:
+        base = {"corpus": ["sotu", "news", "shakespeare"], "seq_len": 128, "num_attention_heads": 4, **scale.pretrain}
+    config = {"learning_rate": 1e-3, "warmup_steps": 30, "progress": False, "cache_dir": cache_dir,
+              **base, **settings, "seed": seed, "output_dir": str(run_dir)}
     return run_pretraining(config, resume=(run_dir / "latest").exists())["final_dir"]
 
 
@@ -109,11 +144,25 @@ def run_classification(out: Path, scale: Scale, cache_dir) -> None:
                                   "seconds": time.perf_counter() - start})
 
 
+def _held_out_texts(scale: Scale, cache_dir) -> dict[str, list[str]]:
+    """In-domain documents, out-of-domain sentences, and short in-domain passages for connectivity."""
+    from .data import load_pretraining_corpus, load_task
+
+    documents = list(load_pretraining_corpus(cache_dir=cache_dir)["validation"]["text"])
+    ood = list(load_task("rt-regression", cache_dir=cache_dir)["test"]["sentence"])[: scale.ood_texts]
+    passages = []
+    for document in documents:  # 64-word passages: one "sample" of the paper's Figure 2 each
+        words = document.split()
+        passages += [" ".join(words[i : i + 64]) for i in range(0, len(words) - 63, 64)]
+    return {"in_domain": documents[: scale.ppl_texts], "out_of_domain": ood,
+            "passages": passages[: scale.connectivity_samples]}
+
+
 def run_generation(out: Path, scale: Scale, cache_dir) -> None:
-    from .data import load_pretraining_corpus
+    from .connectivity import text_features, top_similarity
     from .perplexity import prefix_perplexity
 
-    texts = list(load_pretraining_corpus(cache_dir=cache_dir)["validation"]["text"])[: scale.ppl_texts]
+    texts = _held_out_texts(scale, cache_dir)
     cells = {**GENERATION_CELLS, "ar": CLASSIFICATION_CELLS["ar"], "semi_ar_g2": CLASSIFICATION_CELLS["semi_ar_g2"]}
     for seed in range(scale.seeds):
         for cell, settings in cells.items():
@@ -122,10 +171,68 @@ def run_generation(out: Path, scale: Scale, cache_dir) -> None:
                 continue
             start = time.perf_counter()
             checkpoint = _pretrain(out, cell, settings, scale, seed, cache_dir)
-            result = prefix_perplexity(checkpoint, texts, batch_size=64)  # window: the model's positions - 1
+            result = prefix_perplexity(checkpoint, texts["in_domain"], batch_size=64)  # window: positions - 1
+            ood = prefix_perplexity(checkpoint, texts["out_of_domain"], batch_size=64)
+            connectivity = top_similarity(text_features(checkpoint, texts["passages"]))
             _record(result_path, {"experiment": "generation", "cell": cell, "seed": seed, "settings": settings,
-                                  "scale": scale.pretrain, "data": f"corpus validation split, {len(texts)} texts",
-                                  **result.to_dict(), "seconds": time.perf_counter() - start})
+                                  "scale": scale.pretrain,
+                                  "data": f"corpus validation split, {len(texts['in_domain'])} texts; out of domain: "
+                                          f"{len(texts['out_of_domain'])} Rotten Tomatoes sentences; connectivity: "
+                                          f"{len(texts['passages'])} 64-word validation passages",
+                                  **result.to_dict(), "ood_perplexity": ood.perplexity,
+                                  "ood_tokens_scored": ood.tokens_scored, "connectivity": connectivity,
+                                  "seconds": time.perf_counter() - start})
+
+
+def _image_tensors(scale: Scale, cache_dir) -> dict:
+    """``{"train": (pixels, labels), "test": ...}``: the first ``scale.vit_images`` of each split."""
+    from .vision_eval import load_image_tensors
+
+    return load_image_tensors(scale.vit_pretrain.get("image_dataset", "fashion_mnist"), cache_dir=cache_dir,
+                              limit=scale.vit_images)
+
+
+def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
+    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .vision_eval import fine_tune_eval, linear_probe_eval
+
+    images = _image_tensors(scale, cache_dir)
+    for seed in range(scale.seeds):
+        for cell, settings in VISION_CLASSIFICATION_CELLS.items():
+            result_path = out / "vision_classification" / f"{cell}-seed{seed}.json"
+            if result_path.exists():
+                continue
+            start = time.perf_counter()
+            model = GenSSLViTForPreTraining.from_pretrained(_pretrain(out, cell, settings, scale, seed, cache_dir))
+            (train_x, train_y), (test_x, test_y) = images["train"], images["test"]
+            scores = {"linear_probe": linear_probe_eval(model, train_x, train_y, test_x, test_y),
+                      "fine_tune": fine_tune_eval(model, train_x, train_y, test_x, test_y,
+                                                  epochs=scale.vit_finetune_epochs, seed=seed)}
+            _record(result_path, {"experiment": "vision_classification", "cell": cell, "seed": seed,
+                                  "settings": settings, "scale": scale.vit_pretrain,
+                                  "data": f"{len(train_x)} train / {len(test_x)} test images", "scores": scores,
+                                  "seconds": time.perf_counter() - start})
+
+
+def run_vision_generation(out: Path, scale: Scale, cache_dir) -> None:
+    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .vision_eval import reconstruction_eval
+
+    test_x = _image_tensors(scale, cache_dir)["test"][0]
+    cells = {**VISION_GENERATION_CELLS, **VISION_CLASSIFICATION_CELLS}
+    for seed in range(scale.seeds):
+        for cell, settings in cells.items():
+            result_path = out / "vision_generation" / f"{cell}-seed{seed}.json"
+            if result_path.exists():
+                continue
+            start = time.perf_counter()
+            model = GenSSLViTForPreTraining.from_pretrained(_pretrain(out, cell, settings, scale, seed, cache_dir))
+            grid = out / "figures" / f"reconstruction-{cell}.png" if seed == 0 else None
+            scores = reconstruction_eval(model, test_x, hidden_ratio=0.25, seed=seed, grid_path=grid)
+            _record(result_path, {"experiment": "vision_generation", "cell": cell, "seed": seed,
+                                  "settings": settings, "scale": scale.vit_pretrain,
+                                  "data": f"{len(test_x)} test images, 25% of patches hidden", **scores,
+                                  "seconds": time.perf_counter() - start})
 
 
 def _verdict(better: list[float], worse: list[float], higher_is_better: bool) -> str:
@@ -143,65 +250,152 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}" if values else "-"
 
 
+def _by_cell(runs: list[dict], experiment: str) -> dict[str, list[dict]]:
+    by_cell: dict[str, list[dict]] = {}
+    for r in runs:
+        if r["experiment"] == experiment:
+            by_cell.setdefault(r["cell"], []).append(r)
+    return by_cell
+
+
+def _best(by_cell: dict[str, list[dict]], prefix: str, value, lower_is_better: bool) -> str:
+    cells = [c for c in by_cell if c.startswith(prefix)]
+    return min(cells, key=lambda c: (1 if lower_is_better else -1) * statistics.mean(value(r) for r in by_cell[c]))
+
+
+def _claim(text: str, better: list[float], worse: list[float], higher_is_better: bool) -> str:
+    return f"Claim \"{text}\": **{_verdict(better, worse, higher_is_better)}**."
+
+
+def _classification_section(by_cell: dict[str, list[dict]]) -> list[str]:
+    lines = ["## Classification after fine-tuning (the paper's Table 2)", "",
+             "| pretraining | " + " | ".join(TASKS) + " | average |", "|---" * (len(TASKS) + 2) + "|"]
+    for cell, rs in by_cell.items():
+        cells = [_mean_std([r["scores"][t] for r in rs]) for t in TASKS]
+        lines.append(f"| {cell} ({len(rs)} seeds) | " + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} |")
+    if "ar" in by_cell and "semi_ar_g2" in by_cell:
+        lines += ["", _claim("semi-AR (g = 2) fine-tunes better than AR", [r["average"] for r in by_cell["semi_ar_g2"]],
+                             [r["average"] for r in by_cell["ar"]], True)]
+    return lines + [""]
+
+
+def _generation_section(by_cell: dict[str, list[dict]], out: Path) -> list[str]:
+    lines = ["## Prefix perplexity (the paper's Table 8)", "",
+             "| pretraining | in-domain perplexity | out-of-domain perplexity | tokens scored (in / out) |", "|---|---|---|---|"]
+    for cell, rs in by_cell.items():
+        ood = [r["ood_perplexity"] for r in rs if "ood_perplexity" in r]
+        lines.append(f"| {cell} ({len(rs)} seeds) | {_mean_std([r['perplexity'] for r in rs])} | {_mean_std(ood)} | "
+                     f"{rs[0]['tokens_scored']} / {rs[0].get('ood_tokens_scored', '-')} |")
+    if any(c.startswith("variable") for c in by_cell) and any(c.startswith("masked") for c in by_cell):
+        lines.append("")
+        for key, where in (("perplexity", "in domain"), ("ood_perplexity", "out of domain")):
+            if not all(key in r for rs in by_cell.values() for r in rs):
+                continue
+            variable = _best(by_cell, "variable", lambda r: r[key], lower_is_better=True)
+            fixed = _best(by_cell, "masked", lambda r: r[key], lower_is_better=True)
+            lines.append(_claim(f"a variable mask ratio ({variable}) gives lower prefix perplexity {where} than the "
+                                f"best fixed ratio ({fixed})", [r[key] for r in by_cell[variable]],
+                                [r[key] for r in by_cell[fixed]], higher_is_better=False) + "  ")
+    from .perplexity import plot_prefix_curves
+
+    plot_prefix_curves({cell: rs[0] for cell, rs in by_cell.items()}, out / "prefix_perplexity.png",
+                       title="Prefix perplexity by prefix length (seed 0)")
+    lines += ["", "![prefix perplexity by prefix length](prefix_perplexity.png)", ""]
+    connected = {cell: [r["connectivity"]["top_k_similarity"] for r in rs if "connectivity" in r]
+                 for cell, rs in by_cell.items()}
+    connected = {cell: values for cell, values in connected.items() if values}
+    if connected:
+        k_and_n = next(r["connectivity"] for rs in by_cell.values() for r in rs if "connectivity" in r)
+        lines += ["## Feature connectivity (the paper's Figure 2 surrogate)", "",
+                  f"Mean over {k_and_n['num_samples']} held-out passages of the mean cosine similarity to their "
+                  f"{k_and_n['k']} most similar passages (mean-pooled content stream). Reported without a verdict: "
+                  "it is a diagnostic the paper plots, not a claim about accuracy.", "",
+                  "| pretraining | top-k similarity |", "|---|---|"]
+        lines += [f"| {cell} | {_mean_std(values)} |" for cell, values in connected.items()]
+        _plot_bars({cell: statistics.mean(v) for cell, v in connected.items()}, out / "connectivity.png",
+                   "mean top-k cosine similarity")
+        lines += ["", "![connectivity](connectivity.png)", ""]
+    return lines
+
+
+def _vision_sections(classification: dict[str, list[dict]], generation: dict[str, list[dict]]) -> list[str]:
+    lines = []
+    if classification:
+        lines += ["## ViT on Fashion-MNIST: linear probe and fine-tuning (the paper's Table 3)", "",
+                  "| pretraining | linear probe | fine-tune |", "|---|---|---|"]
+        for cell, rs in classification.items():
+            lines.append(f"| {cell} ({len(rs)} seeds) | {_mean_std([r['scores']['linear_probe'] for r in rs])} | "
+                         f"{_mean_std([r['scores']['fine_tune'] for r in rs])} |")
+        if {"vit_ar", "vit_semi_ar_g2"} <= set(classification):
+            lines.append("")
+            for metric in ("linear_probe", "fine_tune"):
+                lines.append(_claim(f"semi-AR (g = 2) beats AR in {metric.replace('_', '-')} accuracy",
+                                    [r["scores"][metric] for r in classification["vit_semi_ar_g2"]],
+                                    [r["scores"][metric] for r in classification["vit_ar"]], True) + "  ")
+        lines.append("")
+    if generation:
+        lines += ["## ViT reconstruction with 25% of the patches hidden, predicted one after another", "",
+                  "| pretraining | L2 (per pixel) | PSNR (dB) |", "|---|---|---|"]
+        for cell, rs in generation.items():
+            lines.append(f"| {cell} ({len(rs)} seeds) | {_mean_std([r['l2'] for r in rs])} | "
+                         f"{_mean_std([r['psnr'] for r in rs])} |")
+        if any(c.startswith("vit_variable") for c in generation) and any(c.startswith("vit_masked") for c in generation):
+            variable = _best(generation, "vit_variable", lambda r: r["l2"], lower_is_better=True)
+            fixed = _best(generation, "vit_masked", lambda r: r["l2"], lower_is_better=True)
+            lines += ["", _claim(f"a variable mask ratio ({variable}) reconstructs with lower L2 than the best fixed "
+                                 f"ratio ({fixed})", [r["l2"] for r in generation[variable]],
+                                 [r["l2"] for r in generation[fixed]], higher_is_better=False)]
+        lines += ["", "Reconstruction grids (seed 0): `figures/reconstruction-<cell>.png`.", ""]
+    return lines
+
+
+def _plot_bars(values: dict[str, float], path: Path, ylabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.2 * len(values) + 2, 3.5))
+    axis.bar(list(values), list(values.values()))
+    axis.set_ylabel(ylabel)
+    axis.tick_params(axis="x", rotation=30)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def summarise(out: Path, quick: bool) -> str:
-    """Write ``RESULTS.md`` and ``prefix_perplexity.png`` from the JSON files alone; return the markdown."""
+    """Write ``RESULTS.md`` and the plots from the JSON files alone; return the markdown."""
     lines = ["# Results", "", "Generated by `genssl reproduce` from the JSON files next to this file.", ""]
     if quick:
         lines += ["**Quick mode: a smoke test with a few steps. These numbers are not evidence.**", ""]
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     if runs:
         lines += [f"Hardware: {runs[0]['hardware']}.", ""]
-    classification = [r for r in runs if r["experiment"] == "classification"]
-    if classification:
-        lines += ["## Classification after fine-tuning (the paper's Table 2)", "",
-                  "| pretraining | " + " | ".join(TASKS) + " | average |", "|---" * (len(TASKS) + 2) + "|"]
-        by_cell: dict[str, list[dict]] = {}
-        for r in classification:
-            by_cell.setdefault(r["cell"], []).append(r)
-        for cell, rs in by_cell.items():
-            cells = [_mean_std([r["scores"][t] for r in rs]) for t in TASKS]
-            lines.append(f"| {cell} ({len(rs)} seeds) | " + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} |")
-        if "ar" in by_cell and "semi_ar_g2" in by_cell:
-            verdict = _verdict([r["average"] for r in by_cell["semi_ar_g2"]], [r["average"] for r in by_cell["ar"]], True)
-            lines += ["", f"Claim \"semi-AR (g = 2) fine-tunes better than AR\": **{verdict}**."]
-        lines.append("")
-    generation = [r for r in runs if r["experiment"] == "generation"]
-    if generation:
-        lines += ["## Prefix perplexity (the paper's Table 8)", "", "| pretraining | perplexity | tokens scored |",
-                  "|---|---|---|"]
-        by_cell = {}
-        for r in generation:
-            by_cell.setdefault(r["cell"], []).append(r)
-        for cell, rs in by_cell.items():
-            lines.append(f"| {cell} ({len(rs)} seeds) | {_mean_std([r['perplexity'] for r in rs])} | {rs[0]['tokens_scored']} |")
-        variable = [r["perplexity"] for c, rs in by_cell.items() if c.startswith("variable") for r in rs]
-        fixed = [r["perplexity"] for c, rs in by_cell.items() if c.startswith("masked") for r in rs]
-        if variable and fixed:
-            best_variable = min((c for c in by_cell if c.startswith("variable")),
-                                key=lambda c: statistics.mean(r["perplexity"] for r in by_cell[c]))
-            best_fixed = min((c for c in by_cell if c.startswith("masked")),
-                             key=lambda c: statistics.mean(r["perplexity"] for r in by_cell[c]))
-            verdict = _verdict([r["perplexity"] for r in by_cell[best_variable]],
-                               [r["perplexity"] for r in by_cell[best_fixed]], higher_is_better=False)
-            lines += ["", f"Claim \"a variable mask ratio ({best_variable}) gives lower prefix perplexity than the best "
-                          f"fixed ratio ({best_fixed})\": **{verdict}**."]
-        from .perplexity import plot_prefix_curves
-
-        plot_prefix_curves({cell: rs[0] for cell, rs in by_cell.items()}, out / "prefix_perplexity.png",
-                           title="Prefix perplexity by prefix length (seed 0)")
-        lines += ["", "![prefix perplexity by prefix length](prefix_perplexity.png)", ""]
+    if classification := _by_cell(runs, "classification"):
+        lines += _classification_section(classification)
+    if generation := _by_cell(runs, "generation"):
+        lines += _generation_section(generation, out)
+    lines += _vision_sections(_by_cell(runs, "vision_classification"), _by_cell(runs, "vision_generation"))
     text = "\n".join(lines)
     (out / "RESULTS.md").write_text(text)
     return text
 
 
+RUNNERS = {"classification": run_classification, "generation": run_generation,
+           "vision_classification": run_vision_classification, "vision_generation": run_vision_generation}
+
+
 def run_reproduce(out_dir: str = "results", scale: str = "default", quick: bool = False,
-                  experiments: tuple[str, ...] = ("classification", "generation"), cache_dir=None) -> str:
+                  experiments: tuple[str, ...] = EXPERIMENTS, cache_dir=None) -> str:
     """Run (or resume: finished cells are skipped) the experiments, then write ``RESULTS.md``."""
+    unknown = set(experiments) - set(RUNNERS)
+    if unknown:
+        raise ValueError(f"Unknown experiments {sorted(unknown)}; choose from {list(RUNNERS)}.")
     chosen = SCALES["quick" if quick else scale]
     out = Path(out_dir)
-    if "classification" in experiments:
-        run_classification(out, chosen, cache_dir)
-    if "generation" in experiments:
-        run_generation(out, chosen, cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for experiment in EXPERIMENTS:
+        if experiment in experiments:
+            RUNNERS[experiment](out, chosen, cache_dir)
     return summarise(out, quick)

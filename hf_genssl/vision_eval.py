@@ -303,7 +303,7 @@ def images_to_tensors(split, mean: float = 0.5, std: float = 0.5) -> tuple[torch
     """
     import numpy as np
 
-    rows = split if isinstance(split, list) else split.to_list()
+    rows = split if isinstance(split, list) else list(split)  # iterating decodes the images; to_list() would not
     pixels = torch.from_numpy(np.stack([np.asarray(row["image"], dtype=np.float32) / 255.0 for row in rows]))
     pixels = pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
     labels = torch.tensor([row["label"] for row in rows])

@@ -17,21 +17,36 @@ def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
     cache = os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache")
     micro = reproduce.Scale({"max_steps": 4, "hidden_size": 32, "num_hidden_layers": 1, "vocab_size": 600,
                              "max_docs": 3, "batch_size": 4, "seq_len": 32, "eval_every": 4, "save_every": 1000},
-                            finetune_epochs=1, finetune_samples=64, ppl_texts=1, seeds=2)
+                            finetune_epochs=1, finetune_samples=64, ppl_texts=1, seeds=2,
+                            vit_pretrain={"image_dataset": "mnist_5k", "max_images": 128, "max_steps": 3,
+                                          "hidden_size": 32, "num_hidden_layers": 1, "batch_size": 8,
+                                          "eval_every": 3, "save_every": 1000},
+                            vit_images=64, vit_finetune_epochs=1, ood_texts=4, connectivity_samples=12)
     monkeypatch.setitem(reproduce.SCALES, "quick", micro)
     monkeypatch.setattr(reproduce, "TASKS", ("rt-polarity",))
     monkeypatch.setattr(reproduce, "CLASSIFICATION_CELLS",
                         {k: reproduce.CLASSIFICATION_CELLS[k] for k in ("ar", "semi_ar_g2")})
     monkeypatch.setattr(reproduce, "GENERATION_CELLS",
                         {k: reproduce.GENERATION_CELLS[k] for k in ("masked_0.15", "variable_0.1-0.9")})
+    monkeypatch.setattr(reproduce, "VISION_GENERATION_CELLS",
+                        {k: reproduce.VISION_GENERATION_CELLS[k] for k in ("vit_masked_0.75", "vit_variable_0.1-0.9")})
     text = reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache)
 
     assert "not evidence" in text and "fine-tunes better than AR" in text and "variable mask ratio" in text
-    runs = sorted((tmp_path / "results").glob("*/*.json"))
-    assert len(runs) == 2 * 2 + 4 * 2  # classification: 2 cells; generation: 2 masked + ar + semi-AR; 2 seeds each
-    record = json.loads(runs[0].read_text())
-    assert {"seed", "hardware", "seconds", "settings", "data"} <= set(record)
-    assert (tmp_path / "results" / "prefix_perplexity.png").exists()
+    assert "out of domain" in text and "Feature connectivity" in text
+    assert "linear-probe accuracy" in text and "reconstructs with lower L2" in text
+    results = tmp_path / "results"
+    runs = sorted(results.glob("*/*.json"))
+    # 2 seeds each; text: 2 classification cells, 2 masked + AR + semi-AR; images: AR + semi-AR, 2 masked + the same 2
+    assert len(runs) == 2 * (2 + 4 + 2 + 4)
+    for record in (json.loads(path.read_text()) for path in runs):
+        assert {"seed", "hardware", "seconds", "settings", "data", "experiment", "cell"} <= set(record)
+    generation = json.loads((results / "generation" / "ar-seed0.json").read_text())
+    assert generation["ood_tokens_scored"] > 0 and generation["connectivity"]["num_samples"] == 12
+    vision = json.loads((results / "vision_generation" / "vit_masked_0.75-seed1.json").read_text())
+    assert vision["l2"] > 0 and vision["hidden_patches"] == 12  # 25% of 49 patches
+    for figure in ("prefix_perplexity.png", "connectivity.png", "figures/reconstruction-vit_ar.png"):
+        assert (results / figure).exists(), figure
     # RESULTS.md comes from the JSON files alone: a second call reruns nothing and writes the same table
     first = (tmp_path / "results" / "RESULTS.md").read_text()
     assert reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache) == first

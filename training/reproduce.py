@@ -1,0 +1,16 @@
+"""Reproduce the paper's comparisons: the same as ``genssl reproduce`` (see ``hf_genssl/reproduce.py``).
+
+    python training/reproduce.py --quick            # smoke run, about 20 minutes on 2 cores (not evidence)
+    python training/reproduce.py                    # the default scale, a few hours on 2 cores
+    python training/reproduce.py --scale gpu        # the GPU scale (bf16)
+
+The experiment definitions (cells, scales) live in ``hf_genssl/reproduce.py`` so that installed copies of the
+package carry them too.
+"""
+
+import sys
+
+from hf_genssl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["reproduce", *sys.argv[1:]]))

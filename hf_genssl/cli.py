@@ -115,6 +115,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     print(run_reproduce(args.out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
                         cache_dir=args.cache_dir))
+    if args.readme:
+        from hf_genssl.reproduce import update_readme
+
+        update_readme(args.readme, args.out)
     return 0
 
 
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "vision_generation"],
                    choices=["classification", "generation", "vision_classification", "vision_generation"])
     p.add_argument("--cache-dir")
+    p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("theory", help="co-occurrence spectra of the paper's Theorem 4.2 toy model")

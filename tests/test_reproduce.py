@@ -50,3 +50,30 @@ def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
     # RESULTS.md comes from the JSON files alone: a second call reruns nothing and writes the same table
     first = (tmp_path / "results" / "RESULTS.md").read_text()
     assert reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache) == first
+
+
+def test_readme_block_is_generated_from_results_md(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "RESULTS.md").write_text("# Results\n\nintro\n\n## Table\n\n| a |\n\n![plot](prefix_perplexity.png)\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n{reproduce.README_BEGIN}\nold numbers\n{reproduce.README_END}\n\n## After\n")
+    reproduce.update_readme(readme, out)
+    text = readme.read_text()
+    assert "old numbers" not in text and "### Table" in text and "## After" in text
+    assert "![plot](results/prefix_perplexity.png)" in text  # relative to the README
+    reproduce.update_readme(readme, out)
+    assert readme.read_text() == text  # idempotent
+    readme.write_text("# no block\n")
+    with pytest.raises(ValueError, match="no results block"):
+        reproduce.update_readme(readme, out)
+
+
+def test_readme_results_section_matches_the_committed_results():
+    """The README's results block is exactly what `genssl reproduce --readme` renders from results/RESULTS.md."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    if not (root / "results" / "RESULTS.md").exists():
+        pytest.skip("no committed results")
+    block = readme[readme.index(reproduce.README_BEGIN) : readme.index(reproduce.README_END) + len(reproduce.README_END)]
+    assert block == reproduce.readme_block(root / "results", link_prefix="results")

@@ -30,7 +30,7 @@ import platform
 import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 __all__ = ["EXPERIMENTS", "SCALES", "run_reproduce", "summarise"]
@@ -69,14 +69,21 @@ class Scale:
     vit_finetune_epochs: int = 1
     ood_texts: int = 50
     connectivity_samples: int = 200
+    name: str = ""  # the key in SCALES, set by run_reproduce and recorded in every JSON
 
 
 SCALES = {
     "quick": Scale({"max_steps": 40, "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 2048, "max_docs": 40,
-                    "batch_size": 16, "eval_every": 40, "save_every": 1000}, 1, 1000, 3, 3,
+                    "batch_size": 16, "eval_every": 40, "save_every": 1000}, 1, 500, 3, 3,
                    vit_pretrain={"max_steps": 30, "hidden_size": 64, "num_hidden_layers": 2, "batch_size": 32,
                                  "max_images": 2000, "eval_every": 30, "save_every": 1000},
                    vit_images=500, vit_finetune_epochs=1, ood_texts=50, connectivity_samples=200),
+    # About an hour on 2 CPU cores: real (if tiny) models, 3 seeds; the smallest scale whose numbers mean anything.
+    "small": Scale({"max_steps": 300, "hidden_size": 128, "num_hidden_layers": 2, "vocab_size": 4096,
+                    "max_docs": 400, "batch_size": 16, "eval_every": 300, "save_every": 1000}, 1, 2000, 5, 3,
+                   vit_pretrain={"max_steps": 300, "hidden_size": 64, "num_hidden_layers": 2, "batch_size": 64,
+                                 "max_images": 10000, "eval_every": 300, "save_every": 1000},
+                   vit_images=2000, vit_finetune_epochs=1, ood_texts=300, connectivity_samples=1000),
     "default": Scale({"max_steps": 1500, "hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 8192,
                       "batch_size": 32, "eval_every": 500, "save_every": 500}, 3, None, 40, 3,
                      vit_pretrain={"max_steps": 2000, "hidden_size": 128, "num_hidden_layers": 4, "batch_size": 64,
@@ -117,9 +124,9 @@ def _pretrain(out: Path, cell: str, settings: dict, scale: Scale, seed: int, cac
     return run_pretraining(config, resume=(run_dir / "latest").exists())["final_dir"]
 
 
-def _record(path: Path, payload: dict) -> None:
+def _record(path: Path, scale: Scale, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**payload, "hardware": _hardware()}, indent=2, default=str))
+    path.write_text(json.dumps({**payload, "scale_name": scale.name, "hardware": _hardware()}, indent=2, default=str))
 
 
 def run_classification(out: Path, scale: Scale, cache_dir) -> None:
@@ -140,7 +147,7 @@ def run_classification(out: Path, scale: Scale, cache_dir) -> None:
                                         "output_dir": str(out / "runs" / f"{cell}-seed{seed}-{task}")})
                 final = tuned["final"]
                 scores[task] = final.get("eval_accuracy", final.get("eval_pearson"))
-            _record(result_path, {"experiment": "classification", "cell": cell, "seed": seed, "settings": settings,
+            _record(result_path, scale, {"experiment": "classification", "cell": cell, "seed": seed, "settings": settings,
                                   "scale": scale.pretrain, "data": "sotu+news+shakespeare; offline tasks",
                                   "scores": scores, "average": statistics.mean(scores.values()),
                                   "seconds": time.perf_counter() - start})
@@ -176,7 +183,7 @@ def run_generation(out: Path, scale: Scale, cache_dir) -> None:
             result = prefix_perplexity(checkpoint, texts["in_domain"], batch_size=64)  # window: positions - 1
             ood = prefix_perplexity(checkpoint, texts["out_of_domain"], batch_size=64)
             connectivity = top_similarity(text_features(checkpoint, texts["passages"]))
-            _record(result_path, {"experiment": "generation", "cell": cell, "seed": seed, "settings": settings,
+            _record(result_path, scale, {"experiment": "generation", "cell": cell, "seed": seed, "settings": settings,
                                   "scale": scale.pretrain,
                                   "data": f"corpus validation split, {len(texts['in_domain'])} texts; out of domain: "
                                           f"{len(texts['out_of_domain'])} Rotten Tomatoes sentences; connectivity: "
@@ -210,7 +217,7 @@ def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
             scores = {"linear_probe": linear_probe_eval(model, train_x, train_y, test_x, test_y),
                       "fine_tune": fine_tune_eval(model, train_x, train_y, test_x, test_y,
                                                   epochs=scale.vit_finetune_epochs, seed=seed)}
-            _record(result_path, {"experiment": "vision_classification", "cell": cell, "seed": seed,
+            _record(result_path, scale, {"experiment": "vision_classification", "cell": cell, "seed": seed,
                                   "settings": settings, "scale": scale.vit_pretrain,
                                   "data": f"{len(train_x)} train / {len(test_x)} test images", "scores": scores,
                                   "seconds": time.perf_counter() - start})
@@ -231,7 +238,7 @@ def run_vision_generation(out: Path, scale: Scale, cache_dir) -> None:
             model = GenSSLViTForPreTraining.from_pretrained(_pretrain(out, cell, settings, scale, seed, cache_dir))
             grid = out / "figures" / f"reconstruction-{cell}.png" if seed == 0 else None
             scores = reconstruction_eval(model, test_x, hidden_ratio=0.25, seed=seed, grid_path=grid)
-            _record(result_path, {"experiment": "vision_generation", "cell": cell, "seed": seed,
+            _record(result_path, scale, {"experiment": "vision_generation", "cell": cell, "seed": seed,
                                   "settings": settings, "scale": scale.vit_pretrain,
                                   "data": f"{len(test_x)} test images, 25% of patches hidden", **scores,
                                   "seconds": time.perf_counter() - start})
@@ -373,7 +380,9 @@ def summarise(out: Path, quick: bool) -> str:
         lines += ["**Quick mode: a smoke test with a few steps. These numbers are not evidence.**", ""]
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     if runs:
-        lines += [f"Hardware: {runs[0]['hardware']}.", ""]
+        scales = sorted({r.get("scale_name") or "unrecorded" for r in runs})
+        lines += [f"Scale: {', '.join(scales)} (see `SCALES` in `hf_genssl/reproduce.py`). "
+                  f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`.", ""]
     if classification := _by_cell(runs, "classification"):
         lines += _classification_section(classification)
     if generation := _by_cell(runs, "generation"):
@@ -418,7 +427,10 @@ def run_reproduce(out_dir: str = "results", scale: str = "default", quick: bool 
     unknown = set(experiments) - set(RUNNERS)
     if unknown:
         raise ValueError(f"Unknown experiments {sorted(unknown)}; choose from {list(RUNNERS)}.")
-    chosen = SCALES["quick" if quick else scale]
+    name = "quick" if quick else scale
+    if name not in SCALES:
+        raise ValueError(f"Unknown scale {scale!r}; choose from {list(SCALES)}.")
+    chosen = replace(SCALES[name], name=name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for experiment in EXPERIMENTS:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["top_similarity", "text_features"]
+__all__ = ["text_features", "top_similarity"]
 
 
 @torch.no_grad()

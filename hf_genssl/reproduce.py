@@ -124,33 +124,51 @@ def _pretrain(out: Path, cell: str, settings: dict, scale: Scale, seed: int, cac
     return run_pretraining(config, resume=(run_dir / "latest").exists())["final_dir"]
 
 
-def _record(path: Path, scale: Scale, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**payload, "scale_name": scale.name, "hardware": _hardware()}, indent=2, default=str))
+@dataclass
+class _Run:
+    """One (experiment, cell, seed) still to run; :meth:`record` writes its JSON with the fields every run carries."""
+
+    experiment: str
+    cell: str
+    settings: dict
+    seed: int
+    scale: Scale
+    path: Path
+    started: float = field(default_factory=time.perf_counter)
+
+    def record(self, data: str, **results) -> None:
+        vision = self.settings["objective"].startswith("vit_")
+        payload = {"experiment": self.experiment, "cell": self.cell, "seed": self.seed, "settings": self.settings,
+                   "scale": self.scale.vit_pretrain if vision else self.scale.pretrain, "data": data, **results,
+                   "seconds": time.perf_counter() - self.started, "scale_name": self.scale.name,
+                   "hardware": _hardware()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def _pending(out: Path, experiment: str, cells: dict[str, dict], scale: Scale):
+    """The runs of ``experiment`` without a JSON yet, seed by seed (seed 0 of every cell finishes first)."""
+    for seed in range(scale.seeds):
+        for cell, settings in cells.items():
+            path = out / experiment / f"{cell}-seed{seed}.json"
+            if not path.exists():
+                yield _Run(experiment, cell, settings, seed, scale, path)
 
 
 def run_classification(out: Path, scale: Scale, cache_dir) -> None:
     from .finetuning import run_finetuning
 
-    for seed in range(scale.seeds):
-        for cell, settings in CLASSIFICATION_CELLS.items():
-            result_path = out / "classification" / f"{cell}-seed{seed}.json"
-            if result_path.exists():
-                continue
-            start = time.perf_counter()
-            checkpoint = _pretrain(out, cell, settings, scale, seed, cache_dir)
-            scores = {}
-            for task in TASKS:
-                tuned = run_finetuning({"model": checkpoint, "task": task, "epochs": scale.finetune_epochs,
-                                        "max_train_samples": scale.finetune_samples, "seed": seed,
-                                        "learning_rate": 1e-3, "cache_dir": cache_dir,
-                                        "output_dir": str(out / "runs" / f"{cell}-seed{seed}-{task}")})
-                final = tuned["final"]
-                scores[task] = final.get("eval_accuracy", final.get("eval_pearson"))
-            _record(result_path, scale, {"experiment": "classification", "cell": cell, "seed": seed, "settings": settings,
-                                  "scale": scale.pretrain, "data": "sotu+news+shakespeare; offline tasks",
-                                  "scores": scores, "average": statistics.mean(scores.values()),
-                                  "seconds": time.perf_counter() - start})
+    for run in _pending(out, "classification", CLASSIFICATION_CELLS, scale):
+        checkpoint = _pretrain(out, run.cell, run.settings, scale, run.seed, cache_dir)
+        scores = {}
+        for task in TASKS:
+            tuned = run_finetuning({"model": checkpoint, "task": task, "epochs": scale.finetune_epochs,
+                                    "max_train_samples": scale.finetune_samples, "seed": run.seed,
+                                    "learning_rate": 1e-3, "cache_dir": cache_dir,
+                                    "output_dir": str(out / "runs" / f"{run.cell}-seed{run.seed}-{task}")})
+            final = tuned["final"]
+            scores[task] = final.get("eval_accuracy", final.get("eval_pearson"))
+        run.record("sotu+news+shakespeare; offline tasks", scores=scores, average=statistics.mean(scores.values()))
 
 
 def _held_out_texts(scale: Scale, cache_dir) -> dict[str, list[str]]:
@@ -172,25 +190,15 @@ def run_generation(out: Path, scale: Scale, cache_dir) -> None:
     from .perplexity import prefix_perplexity
 
     texts = _held_out_texts(scale, cache_dir)
+    data = (f"corpus validation split, {len(texts['in_domain'])} texts; out of domain: {len(texts['out_of_domain'])} "
+            f"Rotten Tomatoes sentences; connectivity: {len(texts['passages'])} 64-word validation passages")
     cells = {**GENERATION_CELLS, "ar": CLASSIFICATION_CELLS["ar"], "semi_ar_g2": CLASSIFICATION_CELLS["semi_ar_g2"]}
-    for seed in range(scale.seeds):
-        for cell, settings in cells.items():
-            result_path = out / "generation" / f"{cell}-seed{seed}.json"
-            if result_path.exists():
-                continue
-            start = time.perf_counter()
-            checkpoint = _pretrain(out, cell, settings, scale, seed, cache_dir)
-            result = prefix_perplexity(checkpoint, texts["in_domain"], batch_size=64)  # window: positions - 1
-            ood = prefix_perplexity(checkpoint, texts["out_of_domain"], batch_size=64)
-            connectivity = top_similarity(text_features(checkpoint, texts["passages"]))
-            _record(result_path, scale, {"experiment": "generation", "cell": cell, "seed": seed, "settings": settings,
-                                  "scale": scale.pretrain,
-                                  "data": f"corpus validation split, {len(texts['in_domain'])} texts; out of domain: "
-                                          f"{len(texts['out_of_domain'])} Rotten Tomatoes sentences; connectivity: "
-                                          f"{len(texts['passages'])} 64-word validation passages",
-                                  **result.to_dict(), "ood_perplexity": ood.perplexity,
-                                  "ood_tokens_scored": ood.tokens_scored, "connectivity": connectivity,
-                                  "seconds": time.perf_counter() - start})
+    for run in _pending(out, "generation", cells, scale):
+        checkpoint = _pretrain(out, run.cell, run.settings, scale, run.seed, cache_dir)
+        result = prefix_perplexity(checkpoint, texts["in_domain"], batch_size=64)  # window: positions - 1
+        ood = prefix_perplexity(checkpoint, texts["out_of_domain"], batch_size=64)
+        run.record(data, **result.to_dict(), ood_perplexity=ood.perplexity, ood_tokens_scored=ood.tokens_scored,
+                   connectivity=top_similarity(text_features(checkpoint, texts["passages"])))
 
 
 def _image_tensors(scale: Scale, cache_dir) -> dict:
@@ -201,47 +209,33 @@ def _image_tensors(scale: Scale, cache_dir) -> dict:
                               limit=scale.vit_images)
 
 
-def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
+def _pretrained_vit(out: Path, run: _Run, cache_dir):
     from .modeling_genssl_vit import GenSSLViTForPreTraining
+
+    return GenSSLViTForPreTraining.from_pretrained(_pretrain(out, run.cell, run.settings, run.scale, run.seed, cache_dir))
+
+
+def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
     from .vision_eval import fine_tune_eval, linear_probe_eval
 
-    images = _image_tensors(scale, cache_dir)
-    for seed in range(scale.seeds):
-        for cell, settings in VISION_CLASSIFICATION_CELLS.items():
-            result_path = out / "vision_classification" / f"{cell}-seed{seed}.json"
-            if result_path.exists():
-                continue
-            start = time.perf_counter()
-            model = GenSSLViTForPreTraining.from_pretrained(_pretrain(out, cell, settings, scale, seed, cache_dir))
-            (train_x, train_y), (test_x, test_y) = images["train"], images["test"]
-            scores = {"linear_probe": linear_probe_eval(model, train_x, train_y, test_x, test_y),
-                      "fine_tune": fine_tune_eval(model, train_x, train_y, test_x, test_y,
-                                                  epochs=scale.vit_finetune_epochs, seed=seed)}
-            _record(result_path, scale, {"experiment": "vision_classification", "cell": cell, "seed": seed,
-                                  "settings": settings, "scale": scale.vit_pretrain,
-                                  "data": f"{len(train_x)} train / {len(test_x)} test images", "scores": scores,
-                                  "seconds": time.perf_counter() - start})
+    (train_x, train_y), (test_x, test_y) = (_image_tensors(scale, cache_dir)[split] for split in ("train", "test"))
+    for run in _pending(out, "vision_classification", VISION_CLASSIFICATION_CELLS, scale):
+        model = _pretrained_vit(out, run, cache_dir)
+        scores = {"linear_probe": linear_probe_eval(model, train_x, train_y, test_x, test_y),
+                  "fine_tune": fine_tune_eval(model, train_x, train_y, test_x, test_y,
+                                              epochs=scale.vit_finetune_epochs, seed=run.seed)}
+        run.record(f"{len(train_x)} train / {len(test_x)} test images", scores=scores)
 
 
 def run_vision_generation(out: Path, scale: Scale, cache_dir) -> None:
-    from .modeling_genssl_vit import GenSSLViTForPreTraining
     from .vision_eval import reconstruction_eval
 
     test_x = _image_tensors(scale, cache_dir)["test"][0]
-    cells = {**VISION_GENERATION_CELLS, **VISION_CLASSIFICATION_CELLS}
-    for seed in range(scale.seeds):
-        for cell, settings in cells.items():
-            result_path = out / "vision_generation" / f"{cell}-seed{seed}.json"
-            if result_path.exists():
-                continue
-            start = time.perf_counter()
-            model = GenSSLViTForPreTraining.from_pretrained(_pretrain(out, cell, settings, scale, seed, cache_dir))
-            grid = out / "figures" / f"reconstruction-{cell}.png" if seed == 0 else None
-            scores = reconstruction_eval(model, test_x, hidden_ratio=0.25, seed=seed, grid_path=grid)
-            _record(result_path, scale, {"experiment": "vision_generation", "cell": cell, "seed": seed,
-                                  "settings": settings, "scale": scale.vit_pretrain,
-                                  "data": f"{len(test_x)} test images, 25% of patches hidden", **scores,
-                                  "seconds": time.perf_counter() - start})
+    for run in _pending(out, "vision_generation", {**VISION_GENERATION_CELLS, **VISION_CLASSIFICATION_CELLS}, scale):
+        grid = out / "figures" / f"reconstruction-{run.cell}.png" if run.seed == 0 else None
+        scores = reconstruction_eval(_pretrained_vit(out, run, cache_dir), test_x, hidden_ratio=0.25, seed=run.seed,
+                                     grid_path=grid)
+        run.record(f"{len(test_x)} test images, 25% of patches hidden", **scores)
 
 
 def _verdict(better: list[float], worse: list[float], higher_is_better: bool) -> str:
@@ -300,8 +294,8 @@ def _generation_section(by_cell: dict[str, list[dict]], out: Path) -> list[str]:
         for key, where in (("perplexity", "in domain"), ("ood_perplexity", "out of domain")):
             if not all(key in r for rs in by_cell.values() for r in rs):
                 continue
-            variable = _best(by_cell, "variable", lambda r: r[key], lower_is_better=True)
-            fixed = _best(by_cell, "masked", lambda r: r[key], lower_is_better=True)
+            variable = _best(by_cell, "variable", lambda r, key=key: r[key], lower_is_better=True)
+            fixed = _best(by_cell, "masked", lambda r, key=key: r[key], lower_is_better=True)
             lines.append(_claim(f"a variable mask ratio ({variable}) gives lower prefix perplexity {where} than the "
                                 f"best fixed ratio ({fixed})", [r[key] for r in by_cell[variable]],
                                 [r[key] for r in by_cell[fixed]], higher_is_better=False) + "  ")
@@ -316,9 +310,9 @@ def _generation_section(by_cell: dict[str, list[dict]], out: Path) -> list[str]:
     if connected:
         k_and_n = next(r["connectivity"] for rs in by_cell.values() for r in rs if "connectivity" in r)
         lines += ["## Feature connectivity (the paper's Figure 2 surrogate)", "",
-                  f"Mean over {k_and_n['num_samples']} held-out passages of the mean cosine similarity to their "
-                  f"{k_and_n['k']} most similar passages (mean-pooled content stream). Reported without a verdict: "
-                  "it is a diagnostic the paper plots, not a claim about accuracy.", "",
+                  (f"Mean over {k_and_n['num_samples']} held-out passages of the mean cosine similarity to their "
+                   f"{k_and_n['k']} most similar passages (mean-pooled content stream). Reported without a verdict: "
+                   "it is a diagnostic the paper plots, not a claim about accuracy."), "",
                   "| pretraining | top-k similarity |", "|---|---|"]
         lines += [f"| {cell} | {_mean_std(values)} |" for cell, values in connected.items()]
         _plot_bars({cell: statistics.mean(v) for cell, v in connected.items()}, out / "connectivity.png",
@@ -381,8 +375,8 @@ def summarise(out: Path, quick: bool) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     if runs:
         scales = sorted({r.get("scale_name") or "unrecorded" for r in runs})
-        lines += [f"Scale: {', '.join(scales)} (see `SCALES` in `hf_genssl/reproduce.py`). "
-                  f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`.", ""]
+        lines += [(f"Scale: {', '.join(scales)} (see `SCALES` in `hf_genssl/reproduce.py`). "
+                   f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`."), ""]
     if classification := _by_cell(runs, "classification"):
         lines += _classification_section(classification)
     if generation := _by_cell(runs, "generation"):

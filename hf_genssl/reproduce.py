@@ -52,7 +52,7 @@ VISION_GENERATION_CELLS = {
     "vit_masked_0.75": {"objective": "vit_masked", "mask_ratio_range": [0.75, 0.75]},
     "vit_masked_0.50": {"objective": "vit_masked", "mask_ratio_range": [0.5, 0.5]},
     "vit_variable_0.1-0.9": {"objective": "vit_variable_masked", "mask_ratio_range": [0.1, 0.9]},
-    "vit_variable_0.25-1.0": {"objective": "vit_variable_masked", "mask_ratio_range": [0.25, 1.0]},
+    "vit_variable_0.5-0.95": {"objective": "vit_variable_masked", "mask_ratio_range": [0.5, 0.95]},
 }
 EXPERIMENTS = ("classification", "generation", "vision_classification", "vision_generation")
 
@@ -106,21 +106,25 @@ def _hardware() -> str:
     return f"{platform.machine()}, {device}, torch {torch.__version__}"
 
 
-def _pretrain(out: Path, cell: str, settings: dict, scale: Scale, seed: int, cache_dir) -> str:
-    """Pretrain one cell (or reuse its finished run). Cells of one modality share everything but the objective."""
-    from .pretraining import run_pretraining
-
-    run_dir = out / "runs" / f"{cell}-seed{seed}"
-    final = run_dir / "final"
-    if (final / "model.safetensors").exists():
-        return str(final)
+def pretrain_config(settings: dict, scale: Scale, seed: int, output_dir: str, cache_dir=None) -> dict:
+    """The ``run_pretraining`` config of one cell: cells of one modality differ only in the objective's settings."""
     if settings["objective"].startswith("vit_"):
         base = {"image_dataset": "fashion_mnist", "image_size": 28, "patch_size": 4, "num_attention_heads": 4,
                 **scale.vit_pretrain}
     else:
         base = {"corpus": ["sotu", "news", "shakespeare"], "seq_len": 128, "num_attention_heads": 4, **scale.pretrain}
-    config = {"learning_rate": 1e-3, "warmup_steps": 30, "progress": False, "cache_dir": cache_dir,
-              **base, **settings, "seed": seed, "output_dir": str(run_dir)}
+    return {"learning_rate": 1e-3, "warmup_steps": 30, "progress": False, "cache_dir": cache_dir,
+            **base, **settings, "seed": seed, "output_dir": output_dir}
+
+
+def _pretrain(out: Path, cell: str, settings: dict, scale: Scale, seed: int, cache_dir) -> str:
+    """Pretrain one cell (or reuse its finished run)."""
+    from .pretraining import run_pretraining
+
+    run_dir = out / "runs" / f"{cell}-seed{seed}"
+    if (run_dir / "final" / "model.safetensors").exists():
+        return str(run_dir / "final")
+    config = pretrain_config(settings, scale, seed, str(run_dir), cache_dir)
     return run_pretraining(config, resume=(run_dir / "latest").exists())["final_dir"]
 
 

@@ -77,3 +77,18 @@ def test_readme_results_section_matches_the_committed_results():
         pytest.skip("no committed results")
     block = readme[readme.index(reproduce.README_BEGIN) : readme.index(reproduce.README_END) + len(reproduce.README_END)]
     assert block == reproduce.readme_block(root / "results", link_prefix="results")
+
+
+@pytest.mark.parametrize("scale", list(reproduce.SCALES))
+def test_every_cell_of_every_scale_is_a_valid_pretraining_config(scale):
+    """A typo in a cell (an invalid ratio range, an unknown key) fails here, not hours into `genssl reproduce`."""
+    from hf_genssl import train_tokenizer
+    from hf_genssl.pretraining import OBJECTIVES, _image_processor, load_config
+
+    tokenizer = train_tokenizer(["a few words of text to train on"] * 20, vocab_size=300)
+    cells = {**reproduce.CLASSIFICATION_CELLS, **reproduce.GENERATION_CELLS,
+             **reproduce.VISION_CLASSIFICATION_CELLS, **reproduce.VISION_GENERATION_CELLS}
+    for cell, settings in cells.items():
+        config = load_config(reproduce.pretrain_config(settings, reproduce.SCALES[scale], 0, "unused"))
+        objective = OBJECTIVES[config.objective]
+        assert objective.make_collator(config, tokenizer if objective.modality == "text" else _image_processor(config), 0)

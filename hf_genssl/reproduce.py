@@ -401,6 +401,8 @@ def readme_block(out: Path, link_prefix: str | None = None) -> str:
     text = text.replace("# Results\n", "", 1).replace("\n## ", "\n### ")
     prefix = Path(out).as_posix() if link_prefix is None else link_prefix
     text = re.sub(r"\]\((?!https?:)([^)]+\.png)\)", lambda m: f"]({prefix}/{m.group(1)})", text)
+    text = text.replace("from the JSON files next to this file", f"from the JSON files in `{prefix}/`")
+    text = text.replace("`figures/", f"`{prefix}/figures/")
     return f"{README_BEGIN}\n{text.strip()}\n{README_END}"
 
 

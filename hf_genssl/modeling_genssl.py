@@ -35,7 +35,7 @@ except ImportError:  # transformers 4.x
 
 from .configuration_genssl import GenSSLConfig
 from .decoding import group_parallel_generate, unmasking_generate
-from .two_stream_attention import TwoStreamBlock, rotary_cos_sin, visibility_mask
+from .two_stream_attention import TwoStreamBlock, rotary_cos_sin, run_block_stack, visibility_mask
 
 __all__ = [
     "GenSSLPreTrainedModel",
@@ -268,27 +268,17 @@ class GenSSLModel(GenSSLPreTrainedModel):
         if two_streams:
             hidden_states = torch.cat([hidden_states, self.dropout(query_embeds)], dim=1)
 
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        n_content = seq_length
-        for index, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states[:, :n_content],)
-            last = index == len(self.layers) - 1
-            content_queries = not (last and two_streams and not return_content_stream)
-            hidden_states, attn_weights = layer(
-                hidden_states,
-                n_content,
-                mask if content_queries or mask is None else mask[:, :, n_content:],
-                content_queries=content_queries,
-                past_key_values=past_key_values,
-                output_attentions=output_attentions,
-                rotary=rotary,
-            )
-            if output_attentions:
-                all_attentions += (attn_weights,)
-            if not content_queries:
-                n_content = 0  # only query rows are left
+        hidden_states, n_content, all_hidden_states, all_attentions = run_block_stack(
+            self.layers,
+            hidden_states,
+            seq_length,
+            mask,
+            last_layer_queries_only=two_streams and not return_content_stream,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            past_key_values=past_key_values,
+            rotary=rotary,
+        )
         hidden_states = self.norm(hidden_states)
 
         content_out = hidden_states[:, :n_content] if n_content else None

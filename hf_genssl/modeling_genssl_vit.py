@@ -31,7 +31,7 @@ except ImportError:  # transformers 4.x
     from torch.nn import init
 
 from .configuration_genssl_vit import GenSSLViTConfig
-from .two_stream_attention import TwoStreamBlock, visibility_mask
+from .two_stream_attention import TwoStreamBlock, run_block_stack, visibility_mask
 
 __all__ = [
     "GenSSLViTForImageClassification",
@@ -299,32 +299,17 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
                 row_limits = content_gids[:, 1:].gather(1, prediction_index) + 1
                 extra_rows = (prediction_index + 1, visibility_mask(row_limits, content_gids) if causal else None)
 
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
         n_content = hidden_states.shape[1] - (query.shape[1] if two_streams else 0)
-        for index, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states[:, :n_content],)
-            last = index == len(self.layers) - 1
-            layer_mask = mask
-            content_queries = not (last and (packed or (two_streams and not return_content_stream)))
-            if not content_queries:
-                if extra_rows is not None:  # the selected content rows ride along as query rows
-                    hidden_states = torch.cat([hidden_states, _gather_rows(hidden_states, extra_rows[0])], dim=1)
-                    layer_mask = extra_rows[1]
-                elif mask is not None:
-                    layer_mask = mask[:, :, n_content:]
-            hidden_states, attn_weights = layer(
-                hidden_states,
-                n_content,
-                layer_mask,
-                content_queries=content_queries,
-                output_attentions=output_attentions,
-            )
-            if output_attentions:
-                all_attentions += (attn_weights,)
-            if not content_queries:
-                n_content = 0  # only query rows are left
+        hidden_states, n_content, all_hidden_states, all_attentions = run_block_stack(
+            self.layers,
+            hidden_states,
+            n_content,
+            mask,
+            last_layer_queries_only=packed or (two_streams and not return_content_stream),
+            last_layer_extra_rows=extra_rows,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
         hidden_states = self.layernorm(hidden_states)
 
         content_out = hidden_states[:, :n_content] if n_content else None

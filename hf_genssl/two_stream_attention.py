@@ -38,6 +38,7 @@ __all__ = [
     "TwoStreamAttention",
     "TwoStreamMLP",
     "TwoStreamBlock",
+    "run_block_stack",
 ]
 
 
@@ -256,3 +257,52 @@ class TwoStreamBlock(GradientCheckpointingLayer):
         hidden_states = residual + self.dropout(attn_out)
         hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
         return hidden_states, weights
+
+
+def run_block_stack(
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    n_content: int,
+    mask: torch.Tensor | None,
+    last_layer_queries_only: bool = False,
+    last_layer_extra_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+    **layer_kwargs: Any,
+) -> tuple[torch.Tensor, int, tuple | None, tuple | None]:
+    """Run the blocks over stacked ``[content (n_content rows); query]`` rows; shared by the text and image models.
+
+    Args:
+        mask: the one visibility mask ``(batch, 1, rows, keys)`` of every block, or ``None`` (everything visible).
+        last_layer_queries_only: the last block computes the query rows only (no one reads the final content
+            stream during pretraining or decoding): its cost drops by the content rows' share.
+        last_layer_extra_rows: ``(row index (batch, k), mask)``: content rows to repeat as query rows of the last
+            block (a one-stream model that needs outputs at only k positions); implies ``last_layer_queries_only``.
+        layer_kwargs: passed to every block (``past_key_values``, ``rotary``, ...).
+
+    Returns:
+        ``(rows, n_content, hidden_states, attentions)``: the final rows (``n_content`` of them content, 0 when the
+        last block ran queries only), and the per-block content streams / attention maps when requested.
+    """
+    all_hidden_states = () if output_hidden_states else None
+    all_attentions = () if output_attentions else None
+    queries_only_at_end = last_layer_queries_only or last_layer_extra_rows is not None
+    for index, layer in enumerate(layers):
+        if output_hidden_states:
+            all_hidden_states += (hidden_states[:, :n_content],)
+        content_queries = not (queries_only_at_end and index == len(layers) - 1)
+        layer_mask = mask
+        if not content_queries:
+            if last_layer_extra_rows is not None:  # the selected content rows ride along as query rows
+                rows, layer_mask = last_layer_extra_rows
+                picked = torch.gather(hidden_states, 1, rows[..., None].expand(-1, -1, hidden_states.shape[-1]))
+                hidden_states = torch.cat([hidden_states, picked], dim=1)
+            elif mask is not None:
+                layer_mask = mask[:, :, n_content:]
+        hidden_states, weights = layer(hidden_states, n_content, layer_mask, content_queries=content_queries,
+                                       output_attentions=output_attentions, **layer_kwargs)
+        if output_attentions:
+            all_attentions += (weights,)
+        if not content_queries:
+            n_content = 0  # only query rows are left
+    return hidden_states, n_content, all_hidden_states, all_attentions

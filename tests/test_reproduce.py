@@ -50,6 +50,17 @@ def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
     # RESULTS.md comes from the JSON files alone: a second call reruns nothing and writes the same table
     first = (tmp_path / "results" / "RESULTS.md").read_text()
     assert reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache) == first
+    # Rerunning a cell from scratch with the same seed reproduces its numbers.
+    import shutil
+
+    cell = results / "generation" / "masked_0.15-seed1.json"
+    before = json.loads(cell.read_text())
+    cell.unlink()
+    shutil.rmtree(results / "runs" / "masked_0.15-seed1")
+    reproduce.run_reproduce(str(results), quick=True, cache_dir=cache, experiments=("generation",))
+    after = json.loads(cell.read_text())
+    for key in ("perplexity", "ood_perplexity", "tokens_scored", "connectivity"):
+        assert after[key] == pytest.approx(before[key], rel=1e-5), key
 
 
 def test_readme_block_is_generated_from_results_md(tmp_path):

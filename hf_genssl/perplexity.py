@@ -160,7 +160,7 @@ def prefix_perplexity(
 
     rows, targets = [], []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long texts are windowed below
         for begin, end, score_from in windows_for(len(ids), window, stride):
             rows.append(torch.tensor([bos, *ids[begin:end]], dtype=torch.long))
             targets.append(torch.arange(score_from - begin + 1, end - begin + 1))

@@ -1,5 +1,7 @@
 """``genssl reproduce``: the paper's comparisons at a scale that fits the machine, with seeds.
 
+The experiments (cells and scales) are defined in ``training/configs/reproduce.yaml``; this module runs them.
+
 Four experiments, each cell run for several seeds, every run written to ``results/<experiment>/<cell>-seed<k>.json``
 (config, seed, data, hardware, wall time) and summarised into ``results/RESULTS.md`` with PNG plots:
 
@@ -33,32 +35,17 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-__all__ = ["EXPERIMENTS", "SCALES", "run_reproduce", "summarise"]
+__all__ = ["EXPERIMENTS", "SCALES", "load_definitions", "run_reproduce", "summarise"]
 
-TASKS = ("rt-polarity", "rt-regression", "bbc-news", "sms-spam")
-CLASSIFICATION_CELLS = {"ar": {"objective": "ar"}, "semi_ar_g2": {"objective": "semi_ar", "group_size": 2},
-                        "semi_ar_random": {"objective": "semi_ar", "group_size": "random", "cut_probability": 0.5}}
-GENERATION_CELLS = {
-    "masked_0.15": {"objective": "masked", "mask_ratio_range": [0.15, 0.15]},
-    "masked_0.30": {"objective": "masked", "mask_ratio_range": [0.3, 0.3]},
-    "variable_0.1-0.9": {"objective": "variable_masked", "mask_ratio_range": [0.1, 0.9]},
-    "variable_0.15-0.5": {"objective": "variable_masked", "mask_ratio_range": [0.15, 0.5]},
-}
-
-
-VISION_CLASSIFICATION_CELLS = {"vit_ar": {"objective": "vit_ar", "order": "raster"},
-                               "vit_semi_ar_g2": {"objective": "vit_semi_ar", "order": "raster", "group_size": 2}}
-VISION_GENERATION_CELLS = {
-    "vit_masked_0.75": {"objective": "vit_masked", "mask_ratio_range": [0.75, 0.75]},
-    "vit_masked_0.50": {"objective": "vit_masked", "mask_ratio_range": [0.5, 0.5]},
-    "vit_variable_0.1-0.9": {"objective": "vit_variable_masked", "mask_ratio_range": [0.1, 0.9]},
-    "vit_variable_0.5-0.95": {"objective": "vit_variable_masked", "mask_ratio_range": [0.5, 0.95]},
-}
 EXPERIMENTS = ("classification", "generation", "vision_classification", "vision_generation")
+DEFINITIONS = Path(__file__).resolve().parents[1] / "training" / "configs" / "reproduce.yaml"
+"""The experiment definitions: cells (what differs between compared runs) and scales (everything else)."""
 
 
 @dataclass(frozen=True)
 class Scale:
+    """How big every run of one ``genssl reproduce`` is (``training/configs/reproduce.yaml``, key ``scales``)."""
+
     pretrain: dict
     finetune_epochs: float
     finetune_samples: int | None
@@ -69,34 +56,29 @@ class Scale:
     vit_finetune_epochs: int = 1
     ood_texts: int = 50
     connectivity_samples: int = 200
-    name: str = ""  # the key in SCALES, set by run_reproduce and recorded in every JSON
+    name: str = ""  # the key in SCALES, recorded in every JSON
 
 
-SCALES = {
-    "quick": Scale({"max_steps": 40, "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 2048, "max_docs": 40,
-                    "batch_size": 16, "eval_every": 40, "save_every": 1000}, 1, 500, 3, 3,
-                   vit_pretrain={"max_steps": 30, "hidden_size": 64, "num_hidden_layers": 2, "batch_size": 32,
-                                 "max_images": 2000, "eval_every": 30, "save_every": 1000},
-                   vit_images=500, vit_finetune_epochs=1, ood_texts=50, connectivity_samples=200),
-    # About an hour on 2 CPU cores: real (if tiny) models, 3 seeds; the smallest scale whose numbers mean anything.
-    "small": Scale({"max_steps": 300, "hidden_size": 128, "num_hidden_layers": 2, "vocab_size": 4096,
-                    "max_docs": 400, "batch_size": 16, "eval_every": 300, "save_every": 1000}, 1, 2000, 5, 3,
-                   vit_pretrain={"max_steps": 300, "hidden_size": 64, "num_hidden_layers": 2, "batch_size": 64,
-                                 "max_images": 10000, "eval_every": 300, "save_every": 1000},
-                   vit_images=2000, vit_finetune_epochs=1, ood_texts=300, connectivity_samples=1000),
-    "default": Scale({"max_steps": 1500, "hidden_size": 256, "num_hidden_layers": 4, "vocab_size": 8192,
-                      "batch_size": 32, "eval_every": 500, "save_every": 500}, 3, None, 40, 3,
-                     vit_pretrain={"max_steps": 2000, "hidden_size": 128, "num_hidden_layers": 4, "batch_size": 64,
-                                   "eval_every": 500, "save_every": 500},
-                     vit_images=5000, vit_finetune_epochs=3, ood_texts=1000, connectivity_samples=8000),
-    "gpu": Scale({"max_steps": 20000, "hidden_size": 768, "num_hidden_layers": 16, "num_attention_heads": 12,
-                  "vocab_size": 32768, "batch_size": 128, "mixed_precision": "bf16", "eval_every": 2000,
-                  "save_every": 5000}, 5, None, 200, 3,
-                 vit_pretrain={"max_steps": 20000, "hidden_size": 384, "num_hidden_layers": 12,
-                               "num_attention_heads": 6, "batch_size": 256, "mixed_precision": "bf16",
-                               "eval_every": 2000, "save_every": 5000},
-                 vit_images=None, vit_finetune_epochs=10, ood_texts=5000, connectivity_samples=8000),
-}
+def load_definitions(path: str | Path = DEFINITIONS) -> dict:
+    """Read the experiment definitions; the module's ``TASKS``, ``*_CELLS`` and ``SCALES`` come from here."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: `genssl reproduce` runs from a checkout of the hf_genssl repository, "
+                                "whose training/configs/reproduce.yaml defines the experiments.")
+    values = yaml.safe_load(path.read_text())
+    return {"tasks": tuple(values["tasks"]), **{key: values[key] for key in values if key.endswith("_cells")},
+            "scales": {name: Scale(**scale, name=name) for name, scale in values["scales"].items()}}
+
+
+_DEFINED = load_definitions() if DEFINITIONS.exists() else {"tasks": (), "scales": {}}
+TASKS: tuple[str, ...] = _DEFINED["tasks"]
+CLASSIFICATION_CELLS: dict[str, dict] = _DEFINED.get("classification_cells", {})
+GENERATION_CELLS: dict[str, dict] = _DEFINED.get("generation_cells", {})
+VISION_CLASSIFICATION_CELLS: dict[str, dict] = _DEFINED.get("vision_classification_cells", {})
+VISION_GENERATION_CELLS: dict[str, dict] = _DEFINED.get("vision_generation_cells", {})
+SCALES: dict[str, Scale] = _DEFINED["scales"]
 
 
 def _hardware() -> str:
@@ -427,6 +409,8 @@ def run_reproduce(out_dir: str = "results", scale: str = "default", quick: bool 
     unknown = set(experiments) - set(RUNNERS)
     if unknown:
         raise ValueError(f"Unknown experiments {sorted(unknown)}; choose from {list(RUNNERS)}.")
+    if not SCALES:
+        load_definitions()  # raises, saying where the definitions should be
     name = "quick" if quick else scale
     if name not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose from {list(SCALES)}.")

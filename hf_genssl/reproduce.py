@@ -54,6 +54,7 @@ class Scale:
     vit_pretrain: dict = field(default_factory=dict)
     vit_images: int | None = None  # first N images of each split for probing, fine-tuning and reconstruction
     vit_finetune_epochs: int = 1
+    vit_finetune_lr: float = 1e-3
     ood_texts: int = 50
     connectivity_samples: int = 200
     name: str = ""  # the key in SCALES, recorded in every JSON
@@ -154,7 +155,9 @@ def run_classification(out: Path, scale: Scale, cache_dir) -> None:
                                     "output_dir": str(out / "runs" / f"{run.cell}-seed{run.seed}-{task}")})
             final = tuned["final"]
             scores[task] = final.get("eval_accuracy", final.get("eval_pearson"))
-        run.record("sotu+news+shakespeare; offline tasks", scores=scores, average=statistics.mean(scores.values()))
+        run.record("sotu+news+shakespeare; offline tasks", scores=scores, average=statistics.mean(scores.values()),
+                   fine_tuning={"epochs": scale.finetune_epochs, "max_train_samples": scale.finetune_samples,
+                                "learning_rate": 1e-3})
 
 
 def _held_out_texts(scale: Scale, cache_dir) -> dict[str, list[str]]:
@@ -208,9 +211,10 @@ def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
     for run in _pending(out, "vision_classification", VISION_CLASSIFICATION_CELLS, scale):
         model = _pretrained_vit(out, run, cache_dir)
         scores = {"linear_probe": linear_probe_eval(model, train_x, train_y, test_x, test_y),
-                  "fine_tune": fine_tune_eval(model, train_x, train_y, test_x, test_y,
-                                              epochs=scale.vit_finetune_epochs, seed=run.seed)}
-        run.record(f"{len(train_x)} train / {len(test_x)} test images", scores=scores)
+                  "fine_tune": fine_tune_eval(model, train_x, train_y, test_x, test_y, epochs=scale.vit_finetune_epochs,
+                                              lr=scale.vit_finetune_lr, seed=run.seed)}
+        run.record(f"{len(train_x)} train / {len(test_x)} test images", scores=scores,
+                   fine_tuning={"epochs": scale.vit_finetune_epochs, "learning_rate": scale.vit_finetune_lr})
 
 
 def run_vision_generation(out: Path, scale: Scale, cache_dir) -> None:
@@ -361,7 +365,7 @@ def summarise(out: Path, quick: bool) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     if runs:
         scales = sorted({r.get("scale_name") or "unrecorded" for r in runs})
-        lines += [(f"Scale: {', '.join(scales)} (see `SCALES` in `hf_genssl/reproduce.py`). "
+        lines += [(f"Scale: {', '.join(scales)} (defined in `training/configs/reproduce.yaml`). "
                    f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`."), ""]
     if classification := _by_cell(runs, "classification"):
         lines += _classification_section(classification)

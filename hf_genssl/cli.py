@@ -114,7 +114,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from hf_genssl.reproduce import run_reproduce
 
     print(run_reproduce(args.out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
-                        cache_dir=args.cache_dir))
+                        cache_dir=args.cache_dir, glue=args.glue))
     if args.readme:
         from hf_genssl.reproduce import update_readme
 
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["classification", "generation", "vision_classification", "vision_generation"])
     p.add_argument("--cache-dir")
     p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block")
+    p.add_argument("--glue", action="store_true", help="also fine-tune on real GLUE (needs the Hub; use a fresh --out)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("theory", help="co-occurrence spectra of the paper's Theorem 4.2 toy model")

@@ -21,7 +21,8 @@ A claim is "held" when the difference of means exceeds the seeds' spread (the su
 "not held" when it goes the other way by that much, "inconclusive" otherwise. ``--quick`` is a smoke test of the
 same code path (few steps): its numbers are not evidence.
 
-Not here yet (see the project's issue): real GLUE runs (they need the Hub).
+``--glue`` adds the real GLUE tasks to the classification experiment where the Hub is reachable (never run here:
+these machines have no Hub access).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 __all__ = ["EXPERIMENTS", "SCALES", "load_definitions", "run_reproduce", "summarise"]
@@ -69,12 +71,14 @@ def load_definitions(path: str | Path = DEFINITIONS) -> dict:
         raise FileNotFoundError(f"{path} not found: `genssl reproduce` runs from a checkout of the hf_genssl repository, "
                                 "whose training/configs/reproduce.yaml defines the experiments.")
     values = yaml.safe_load(path.read_text())
-    return {"tasks": tuple(values["tasks"]), **{key: values[key] for key in values if key.endswith("_cells")},
+    return {"tasks": tuple(values["tasks"]), "glue_tasks": tuple(values.get("glue_tasks", ())),
+            **{key: values[key] for key in values if key.endswith("_cells")},
             "scales": {name: Scale(**scale, name=name) for name, scale in values["scales"].items()}}
 
 
 _DEFINED = load_definitions() if DEFINITIONS.exists() else {"tasks": (), "scales": {}}
 TASKS: tuple[str, ...] = _DEFINED["tasks"]
+GLUE_TASKS: tuple[str, ...] = tuple(_DEFINED.get("glue_tasks", ()))  # with --glue (they need the Hub)
 CLASSIFICATION_CELLS: dict[str, dict] = _DEFINED.get("classification_cells", {})
 GENERATION_CELLS: dict[str, dict] = _DEFINED.get("generation_cells", {})
 VISION_CLASSIFICATION_CELLS: dict[str, dict] = _DEFINED.get("vision_classification_cells", {})
@@ -142,19 +146,26 @@ def _pending(out: Path, experiment: str, cells: dict[str, dict], scale: Scale):
                 yield _Run(experiment, cell, settings, seed, scale, path)
 
 
-def run_classification(out: Path, scale: Scale, cache_dir) -> None:
+def _main_metric(final: dict) -> float:
+    """The metric a task is judged by, as GLUE does: Matthews correlation (CoLA), accuracy, or Pearson (STS-B)."""
+    for key in ("eval_matthews_correlation", "eval_accuracy", "eval_pearson"):
+        if key in final:
+            return final[key]
+    raise KeyError(f"no known metric among {sorted(final)}")
+
+
+def run_classification(out: Path, scale: Scale, cache_dir, tasks: tuple[str, ...] | None = None) -> None:
     from .finetuning import run_finetuning
 
     for run in _pending(out, "classification", CLASSIFICATION_CELLS, scale):
         checkpoint = _pretrain(out, run.cell, run.settings, scale, run.seed, cache_dir)
         scores = {}
-        for task in TASKS:
+        for task in tasks or TASKS:
             tuned = run_finetuning({"model": checkpoint, "task": task, "epochs": scale.finetune_epochs,
                                     "max_train_samples": scale.finetune_samples, "seed": run.seed,
                                     "learning_rate": 1e-3, "cache_dir": cache_dir,
                                     "output_dir": str(out / "runs" / f"{run.cell}-seed{run.seed}-{task}")})
-            final = tuned["final"]
-            scores[task] = final.get("eval_accuracy", final.get("eval_pearson"))
+            scores[task] = _main_metric(tuned["final"])
         run.record("sotu+news+shakespeare; offline tasks", scores=scores, average=statistics.mean(scores.values()),
                    fine_tuning={"epochs": scale.finetune_epochs, "max_train_samples": scale.finetune_samples,
                                 "learning_rate": 1e-3})
@@ -261,10 +272,11 @@ def _claim(text: str, better: list[float], worse: list[float], higher_is_better:
 
 
 def _classification_section(by_cell: dict[str, list[dict]]) -> list[str]:
+    tasks = list(dict.fromkeys(task for rs in by_cell.values() for r in rs for task in r["scores"]))
     lines = ["## Classification after fine-tuning (the paper's Table 2)", "",
-             "| pretraining | " + " | ".join(TASKS) + " | average |", "|---" * (len(TASKS) + 2) + "|"]
+             "| pretraining | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
     for cell, rs in by_cell.items():
-        cells = [_mean_std([r["scores"][t] for r in rs]) for t in TASKS]
+        cells = [_mean_std([r["scores"][t] for r in rs if t in r["scores"]]) for t in tasks]
         lines.append(f"| {cell} ({len(rs)} seeds) | " + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} |")
     if "ar" in by_cell and "semi_ar_g2" in by_cell:
         lines += ["", _claim("semi-AR (g = 2) fine-tunes better than AR", [r["average"] for r in by_cell["semi_ar_g2"]],
@@ -408,8 +420,12 @@ RUNNERS = {"classification": run_classification, "generation": run_generation,
 
 
 def run_reproduce(out_dir: str = "results", scale: str = "default", quick: bool = False,
-                  experiments: tuple[str, ...] = EXPERIMENTS, cache_dir=None) -> str:
-    """Run (or resume: finished cells are skipped) the experiments, then write ``RESULTS.md``."""
+                  experiments: tuple[str, ...] = EXPERIMENTS, cache_dir=None, glue: bool = False) -> str:
+    """Run (or resume: finished cells are skipped) the experiments, then write ``RESULTS.md``.
+
+    ``glue=True`` also fine-tunes on the real GLUE tasks of ``glue_tasks`` (downloaded from the Hub), in cells
+    that have not run yet: use a fresh ``out_dir`` for it.
+    """
     unknown = set(experiments) - set(RUNNERS)
     if unknown:
         raise ValueError(f"Unknown experiments {sorted(unknown)}; choose from {list(RUNNERS)}.")
@@ -421,7 +437,8 @@ def run_reproduce(out_dir: str = "results", scale: str = "default", quick: bool 
     chosen = replace(SCALES[name], name=name)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    runners = {**RUNNERS, "classification": partial(run_classification, tasks=TASKS + (GLUE_TASKS if glue else ()))}
     for experiment in EXPERIMENTS:
         if experiment in experiments:
-            RUNNERS[experiment](out, chosen, cache_dir)
+            runners[experiment](out, chosen, cache_dir)
     return summarise(out, quick)

@@ -103,3 +103,24 @@ def test_every_cell_of_every_scale_is_a_valid_pretraining_config(scale):
         config = load_config(reproduce.pretrain_config(settings, reproduce.SCALES[scale], 0, "unused"))
         objective = OBJECTIVES[config.objective]
         assert objective.make_collator(config, tokenizer if objective.modality == "text" else _image_processor(config), 0)
+
+
+def test_glue_flag_adds_the_real_glue_tasks_and_their_metrics(tmp_path, monkeypatch):
+    """--glue fine-tunes on the GLUE tasks too (stubbed here: they need the Hub); CoLA is judged by Matthews."""
+    import hf_genssl.finetuning
+
+    seen = []
+
+    def fake_finetuning(config):
+        seen.append(config["task"])
+        metric = "eval_matthews_correlation" if config["task"] == "glue/cola" else "eval_accuracy"
+        return {"final": {metric: 0.25, "eval_loss": 1.0}}
+
+    monkeypatch.setattr(hf_genssl.finetuning, "run_finetuning", fake_finetuning)
+    monkeypatch.setattr(reproduce, "_pretrain", lambda *args, **kwargs: "checkpoint")
+    monkeypatch.setitem(reproduce.SCALES, "quick", reproduce.Scale({}, 1, 8, 1, seeds=1))
+    monkeypatch.setattr(reproduce, "CLASSIFICATION_CELLS", {"ar": {"objective": "ar"}})
+    text = reproduce.run_reproduce(str(tmp_path), quick=True, experiments=("classification",), glue=True)
+    assert seen == [*reproduce.TASKS, *reproduce.GLUE_TASKS]
+    record = json.loads((tmp_path / "classification" / "ar-seed0.json").read_text())
+    assert record["scores"]["glue/cola"] == 0.25 and " | glue/cola | " in text  # a column of the table

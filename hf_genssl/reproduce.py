@@ -1,6 +1,7 @@
 """``genssl reproduce``: the paper's comparisons at a scale that fits the machine, with seeds.
 
-The experiments (cells and scales) are defined in ``training/configs/reproduce.yaml``; this module runs them.
+The experiments (cells and scales) are defined in ``training/configs/experiments/reproduce.yaml``; this module
+runs them.
 
 Four experiments, each cell run for several seeds, every run written to ``results/<experiment>/<cell>-seed<k>.json``
 (config, seed, data, hardware, wall time) and summarised into ``results/RESULTS.md`` with PNG plots:
@@ -40,13 +41,13 @@ from pathlib import Path
 __all__ = ["EXPERIMENTS", "SCALES", "load_definitions", "run_reproduce", "summarise"]
 
 EXPERIMENTS = ("classification", "generation", "vision_classification", "vision_generation")
-DEFINITIONS = Path(__file__).resolve().parents[1] / "training" / "configs" / "reproduce.yaml"
+DEFINITIONS = Path(__file__).resolve().parents[1] / "training" / "configs" / "experiments" / "reproduce.yaml"
 """The experiment definitions: cells (what differs between compared runs) and scales (everything else)."""
 
 
 @dataclass(frozen=True)
 class Scale:
-    """How big every run of one ``genssl reproduce`` is (``training/configs/reproduce.yaml``, key ``scales``)."""
+    """How big every run of one ``genssl reproduce`` is (key ``scales`` of the experiment definitions)."""
 
     pretrain: dict
     finetune_epochs: float
@@ -69,7 +70,7 @@ def load_definitions(path: str | Path = DEFINITIONS) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: `genssl reproduce` runs from a checkout of the hf_genssl repository, "
-                                "whose training/configs/reproduce.yaml defines the experiments.")
+                                "whose training/configs/experiments/reproduce.yaml defines the experiments.")
     values = yaml.safe_load(path.read_text())
     return {"tasks": tuple(values["tasks"]), "glue_tasks": tuple(values.get("glue_tasks", ())),
             **{key: values[key] for key in values if key.endswith("_cells")},
@@ -377,7 +378,7 @@ def summarise(out: Path, quick: bool) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     if runs:
         scales = sorted({r.get("scale_name") or "unrecorded" for r in runs})
-        lines += [(f"Scale: {', '.join(scales)} (defined in `training/configs/reproduce.yaml`). "
+        lines += [(f"Scale: {', '.join(scales)} (defined in `training/configs/experiments/reproduce.yaml`). "
                    f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`."), ""]
     if classification := _by_cell(runs, "classification"):
         lines += _classification_section(classification)

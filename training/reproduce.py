@@ -4,8 +4,8 @@
     python training/reproduce.py                    # the default scale, a few hours on 2 cores
     python training/reproduce.py --scale gpu        # the GPU scale (bf16)
 
-The experiment definitions (cells, scales) are in ``training/configs/reproduce.yaml``; the code that runs them
-is ``hf_genssl/reproduce.py``.
+The experiment definitions (cells, scales) are in ``training/configs/experiments/reproduce.yaml``; the code that
+runs them is ``hf_genssl/reproduce.py``.
 """
 
 import sys

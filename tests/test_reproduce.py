@@ -99,7 +99,7 @@ def test_every_cell_of_every_scale_is_a_valid_pretraining_config(scale):
     tokenizer = train_tokenizer(["a few words of text to train on"] * 20, vocab_size=300)
     cells = {**reproduce.CLASSIFICATION_CELLS, **reproduce.GENERATION_CELLS,
              **reproduce.VISION_CLASSIFICATION_CELLS, **reproduce.VISION_GENERATION_CELLS}
-    for cell, settings in cells.items():
+    for settings in cells.values():
         config = load_config(reproduce.pretrain_config(settings, reproduce.SCALES[scale], 0, "unused"))
         objective = OBJECTIVES[config.objective]
         assert objective.make_collator(config, tokenizer if objective.modality == "text" else _image_processor(config), 0)

@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results")
     p.add_argument("--quick", action="store_true", help="a smoke run of the same code path (not evidence)")
     p.add_argument("--scale", default="default", choices=["small", "default", "gpu"],
-                   help="small: ~25 min on 2 CPU cores; default: ~4 hours (estimate); gpu: one large GPU")
+                   help="small: ~25 min on 2 CPU cores; default: ~5 hours; gpu: one large GPU")
     p.add_argument("--experiments", nargs="+", default=["classification", "generation", "vision_classification",
                                                          "vision_generation"],
                    choices=["classification", "generation", "vision_classification", "vision_generation"])

@@ -65,16 +65,12 @@ def text_features(model, texts: Sequence[str], tokenizer=None, max_length: int =
     bidirectional, the (semi-)AR models' causal), so features of different checkpoints are comparable.
     ``model`` may be a path or a loaded model; ``tokenizer`` defaults to the one saved with the checkpoint.
     """
-    from transformers import AutoModel, AutoTokenizer
+    from .perplexity import load_model_and_tokenizer
 
-    if isinstance(model, str):
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-        model = AutoModel.from_pretrained(model, trust_remote_code=True)
-    if tokenizer is None:
-        raise ValueError("Pass the tokenizer when model is an already loaded model.")
+    model, tokenizer = load_model_and_tokenizer(model, tokenizer)
     if not texts:
         raise ValueError("texts is empty.")
-    backbone = model.base_model.eval()
+    backbone = model.base_model
     max_length = min(max_length, backbone.config.max_position_embeddings)
     device = next(backbone.parameters()).device
     chunks = []

@@ -31,7 +31,7 @@ except ImportError:  # transformers 4.x
     from torch.nn import init
 
 from .configuration_genssl_vit import GenSSLViTConfig
-from .two_stream_attention import TwoStreamBlock, run_block_stack, visibility_mask
+from .two_stream_attention import TwoStreamBlock, gather_rows, run_block_stack, visibility_mask
 
 __all__ = [
     "GenSSLViTForImageClassification",
@@ -68,11 +68,6 @@ def _pack(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     index = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :k]
     valid = torch.arange(k, device=selected.device)[None, :] < counts[:, None]
     return index, valid
-
-
-def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[b, index[b, k]]`` for ``(batch, n, d)`` rows."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 @dataclass
@@ -279,12 +274,12 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
             query = self.embeddings.query_stream(batch_size)
             query_limits = patch_gids
             if packed:
-                query, query_limits = _gather_rows(query, prediction_index), patch_gids.gather(1, prediction_index)
+                query, query_limits = gather_rows(query, prediction_index), patch_gids.gather(1, prediction_index)
                 # Content rows at or above the last selected group are seen by no selected query row: drop them.
                 floor = torch.full_like(query_limits, torch.iinfo(torch.long).min)
                 last_group = torch.where(prediction_mask, query_limits, floor).amax(1, keepdim=True)
                 keep_index, keep_mask = _pack(patch_gids < last_group)
-                hidden_states = torch.cat([hidden_states[:, :1], _gather_rows(hidden_states[:, 1:], keep_index)], 1)
+                hidden_states = torch.cat([hidden_states[:, :1], gather_rows(hidden_states[:, 1:], keep_index)], 1)
                 patch_gids = patch_gids.gather(1, keep_index)
                 key_padding_mask = torch.cat([keep_mask.new_ones(batch_size, 1), keep_mask], dim=1)
             content_gids = torch.cat([cls_gid, patch_gids], dim=1)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["PerplexityResult", "prefix_perplexity", "plot_prefix_curves", "windows_for"]
+__all__ = ["PerplexityResult", "load_model_and_tokenizer", "prefix_perplexity", "plot_prefix_curves", "windows_for"]
 
 
 @dataclass
@@ -56,7 +56,9 @@ def windows_for(n_tokens: int, window: int, stride: int) -> list[tuple[int, int,
     return spans
 
 
-def _load(model, tokenizer):
+def load_model_and_tokenizer(model, tokenizer=None):
+    """``(model, tokenizer)`` from a checkpoint path / Hub id (its pretraining head, ``trust_remote_code=True``, the
+    tokenizer saved with it) or from a model object and its tokenizer; the model is put in eval mode."""
     if isinstance(model, (str, Path)):
         from transformers import AutoModelForPreTraining, AutoTokenizer
 
@@ -64,9 +66,14 @@ def _load(model, tokenizer):
         model = AutoModelForPreTraining.from_pretrained(model, trust_remote_code=True)
     if tokenizer is None:
         raise ValueError("Pass the tokenizer with the model (or a checkpoint path that holds one).")
+    return model.eval(), tokenizer
+
+
+def _load(model, tokenizer):
+    model, tokenizer = load_model_and_tokenizer(model, tokenizer)
     if not hasattr(model, "model") or not hasattr(model, "lm_head"):
         raise TypeError("prefix_perplexity needs a GenSSL model with a language-model head.")
-    return model.eval(), tokenizer
+    return model, tokenizer
 
 
 def _pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,7 @@ __all__ = [
     "TwoStreamAttention",
     "TwoStreamMLP",
     "TwoStreamBlock",
+    "gather_rows",
     "run_block_stack",
 ]
 
@@ -259,6 +260,11 @@ class TwoStreamBlock(GradientCheckpointingLayer):
         return hidden_states, weights
 
 
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, k]]`` for ``(batch, n, d)`` rows and a ``(batch, k)`` index."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
 def run_block_stack(
     layers: nn.ModuleList,
     hidden_states: torch.Tensor,
@@ -295,8 +301,7 @@ def run_block_stack(
         if not content_queries:
             if last_layer_extra_rows is not None:  # the selected content rows ride along as query rows
                 rows, layer_mask = last_layer_extra_rows
-                picked = torch.gather(hidden_states, 1, rows[..., None].expand(-1, -1, hidden_states.shape[-1]))
-                hidden_states = torch.cat([hidden_states, picked], dim=1)
+                hidden_states = torch.cat([hidden_states, gather_rows(hidden_states, rows)], dim=1)
             elif mask is not None:
                 layer_mask = mask[:, :, n_content:]
         hidden_states, weights = layer(hidden_states, n_content, layer_mask, content_queries=content_queries,

@@ -36,6 +36,7 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 
 __all__ = ["EXPERIMENTS", "SCALES", "load_definitions", "run_reproduce", "summarise"]
@@ -105,17 +106,6 @@ def pretrain_config(settings: dict, scale: Scale, seed: int, output_dir: str, ca
             **base, **settings, "seed": seed, "output_dir": output_dir}
 
 
-def _pretrain(out: Path, cell: str, settings: dict, scale: Scale, seed: int, cache_dir) -> str:
-    """Pretrain one cell (or reuse its finished run)."""
-    from .pretraining import run_pretraining
-
-    run_dir = out / "runs" / f"{cell}-seed{seed}"
-    if (run_dir / "final" / "model.safetensors").exists():
-        return str(run_dir / "final")
-    config = pretrain_config(settings, scale, seed, str(run_dir), cache_dir)
-    return run_pretraining(config, resume=(run_dir / "latest").exists())["final_dir"]
-
-
 @dataclass
 class _Run:
     """One (experiment, cell, seed) still to run; :meth:`record` writes its JSON with the fields every run carries."""
@@ -138,6 +128,17 @@ class _Run:
         self.path.write_text(json.dumps(payload, indent=2, default=str))
 
 
+def _pretrain(out: Path, run: _Run, cache_dir) -> str:
+    """Pretrain the run's cell (or reuse its finished run: experiments that share a cell share its checkpoint)."""
+    from .pretraining import run_pretraining
+
+    run_dir = out / "runs" / f"{run.cell}-seed{run.seed}"
+    if (run_dir / "final" / "model.safetensors").exists():
+        return str(run_dir / "final")
+    config = pretrain_config(run.settings, run.scale, run.seed, str(run_dir), cache_dir)
+    return run_pretraining(config, resume=(run_dir / "latest").exists())["final_dir"]
+
+
 def _pending(out: Path, experiment: str, cells: dict[str, dict], scale: Scale):
     """The runs of ``experiment`` without a JSON yet, seed by seed (seed 0 of every cell finishes first)."""
     for seed in range(scale.seeds):
@@ -158,18 +159,17 @@ def _main_metric(final: dict) -> float:
 def run_classification(out: Path, scale: Scale, cache_dir, tasks: tuple[str, ...] | None = None) -> None:
     from .finetuning import run_finetuning
 
+    fine_tuning = {"epochs": scale.finetune_epochs, "max_train_samples": scale.finetune_samples, "learning_rate": 1e-3}
     for run in _pending(out, "classification", CLASSIFICATION_CELLS, scale):
-        checkpoint = _pretrain(out, run.cell, run.settings, scale, run.seed, cache_dir)
+        checkpoint = _pretrain(out, run, cache_dir)
         scores = {}
         for task in tasks or TASKS:
-            tuned = run_finetuning({"model": checkpoint, "task": task, "epochs": scale.finetune_epochs,
-                                    "max_train_samples": scale.finetune_samples, "seed": run.seed,
-                                    "learning_rate": 1e-3, "cache_dir": cache_dir,
+            tuned = run_finetuning({"model": checkpoint, "task": task, **fine_tuning, "seed": run.seed,
+                                    "cache_dir": cache_dir,
                                     "output_dir": str(out / "runs" / f"{run.cell}-seed{run.seed}-{task}")})
             scores[task] = _main_metric(tuned["final"])
         run.record("sotu+news+shakespeare; offline tasks", scores=scores, average=statistics.mean(scores.values()),
-                   fine_tuning={"epochs": scale.finetune_epochs, "max_train_samples": scale.finetune_samples,
-                                "learning_rate": 1e-3})
+                   fine_tuning=fine_tuning)
 
 
 def _held_out_texts(scale: Scale, cache_dir) -> dict[str, list[str]]:
@@ -188,18 +188,18 @@ def _held_out_texts(scale: Scale, cache_dir) -> dict[str, list[str]]:
 
 def run_generation(out: Path, scale: Scale, cache_dir) -> None:
     from .connectivity import text_features, top_similarity
-    from .perplexity import prefix_perplexity
+    from .perplexity import load_model_and_tokenizer, prefix_perplexity
 
     texts = _held_out_texts(scale, cache_dir)
     data = (f"corpus validation split, {len(texts['in_domain'])} texts; out of domain: {len(texts['out_of_domain'])} "
             f"Rotten Tomatoes sentences; connectivity: {len(texts['passages'])} 64-word validation passages")
     cells = {**GENERATION_CELLS, "ar": CLASSIFICATION_CELLS["ar"], "semi_ar_g2": CLASSIFICATION_CELLS["semi_ar_g2"]}
     for run in _pending(out, "generation", cells, scale):
-        checkpoint = _pretrain(out, run.cell, run.settings, scale, run.seed, cache_dir)
-        result = prefix_perplexity(checkpoint, texts["in_domain"], batch_size=64)  # window: positions - 1
-        ood = prefix_perplexity(checkpoint, texts["out_of_domain"], batch_size=64)
+        model, tokenizer = load_model_and_tokenizer(_pretrain(out, run, cache_dir))
+        result = prefix_perplexity(model, texts["in_domain"], tokenizer, batch_size=64)  # window: positions - 1
+        ood = prefix_perplexity(model, texts["out_of_domain"], tokenizer, batch_size=64)
         run.record(data, **result.to_dict(), ood_perplexity=ood.perplexity, ood_tokens_scored=ood.tokens_scored,
-                   connectivity=top_similarity(text_features(checkpoint, texts["passages"])))
+                   connectivity=top_similarity(text_features(model, texts["passages"], tokenizer)))
 
 
 def _image_tensors(scale: Scale, cache_dir) -> dict:
@@ -213,7 +213,7 @@ def _image_tensors(scale: Scale, cache_dir) -> dict:
 def _pretrained_vit(out: Path, run: _Run, cache_dir):
     from .modeling_genssl_vit import GenSSLViTForPreTraining
 
-    return GenSSLViTForPreTraining.from_pretrained(_pretrain(out, run.cell, run.settings, run.scale, run.seed, cache_dir))
+    return GenSSLViTForPreTraining.from_pretrained(_pretrain(out, run, cache_dir))
 
 
 def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
@@ -268,40 +268,52 @@ def _best(by_cell: dict[str, list[dict]], prefix: str, value, lower_is_better: b
     return min(cells, key=lambda c: (1 if lower_is_better else -1) * statistics.mean(value(r) for r in by_cell[c]))
 
 
-def _claim(text: str, better: list[float], worse: list[float], higher_is_better: bool) -> str:
-    return f"Claim \"{text}\": **{_verdict(better, worse, higher_is_better)}**."
+def _claim(text: str, by_cell: dict[str, list[dict]], better: str, worse: str, value, higher_is_better: bool) -> str:
+    """The verdict on "cell ``better`` beats cell ``worse``" by ``value(run)``, as a line of RESULTS.md."""
+    verdict = _verdict([value(r) for r in by_cell[better]], [value(r) for r in by_cell[worse]], higher_is_better)
+    return f"Claim \"{text}\": **{verdict}**."
+
+
+def _stat(value):
+    """A table column: mean ± std over a cell's runs of ``value(run)`` (runs where it is ``None`` are left out)."""
+    return lambda runs: _mean_std([v for r in runs if (v := value(r)) is not None])
+
+
+def _table(by_cell: dict[str, list[dict]], columns: dict) -> list[str]:
+    """A markdown table, one row per cell; ``columns`` maps each header to a function of the cell's runs."""
+    lines = ["| pretraining | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for cell, runs in by_cell.items():
+        lines.append(f"| {cell} ({len(runs)} seeds) | " + " | ".join(column(runs) for column in columns.values()) + " |")
+    return lines
 
 
 def _classification_section(by_cell: dict[str, list[dict]]) -> list[str]:
     tasks = list(dict.fromkeys(task for rs in by_cell.values() for r in rs for task in r["scores"]))
+    columns = {task: _stat(lambda r, task=task: r["scores"].get(task)) for task in tasks}
     lines = ["## Classification after fine-tuning (the paper's Table 2)", "",
-             "| pretraining | " + " | ".join(tasks) + " | average |", "|---" * (len(tasks) + 2) + "|"]
-    for cell, rs in by_cell.items():
-        cells = [_mean_std([r["scores"][t] for r in rs if t in r["scores"]]) for t in tasks]
-        lines.append(f"| {cell} ({len(rs)} seeds) | " + " | ".join(cells) + f" | {_mean_std([r['average'] for r in rs])} |")
+             *_table(by_cell, {**columns, "average": _stat(lambda r: r["average"])})]
     if "ar" in by_cell and "semi_ar_g2" in by_cell:
-        lines += ["", _claim("semi-AR (g = 2) fine-tunes better than AR", [r["average"] for r in by_cell["semi_ar_g2"]],
-                             [r["average"] for r in by_cell["ar"]], True)]
+        lines += ["", _claim("semi-AR (g = 2) fine-tunes better than AR", by_cell, "semi_ar_g2", "ar",
+                             lambda r: r["average"], True)]
     return lines + [""]
 
 
 def _generation_section(by_cell: dict[str, list[dict]], out: Path) -> list[str]:
-    lines = ["## Prefix perplexity (the paper's Table 8)", "",
-             "| pretraining | in-domain perplexity | out-of-domain perplexity | tokens scored (in / out) |", "|---|---|---|---|"]
-    for cell, rs in by_cell.items():
-        ood = [r["ood_perplexity"] for r in rs if "ood_perplexity" in r]
-        lines.append(f"| {cell} ({len(rs)} seeds) | {_mean_std([r['perplexity'] for r in rs])} | {_mean_std(ood)} | "
-                     f"{rs[0]['tokens_scored']} / {rs[0].get('ood_tokens_scored', '-')} |")
+    lines = ["## Prefix perplexity (the paper's Table 8)", "", *_table(by_cell, {
+        "in-domain perplexity": _stat(lambda r: r["perplexity"]),
+        "out-of-domain perplexity": _stat(lambda r: r.get("ood_perplexity")),
+        "tokens scored (in / out)": lambda rs: f"{rs[0]['tokens_scored']} / {rs[0].get('ood_tokens_scored', '-')}",
+    })]
     if any(c.startswith("variable") for c in by_cell) and any(c.startswith("masked") for c in by_cell):
         lines.append("")
         for key, where in (("perplexity", "in domain"), ("ood_perplexity", "out of domain")):
             if not all(key in r for rs in by_cell.values() for r in rs):
                 continue
-            variable = _best(by_cell, "variable", lambda r, key=key: r[key], lower_is_better=True)
-            fixed = _best(by_cell, "masked", lambda r, key=key: r[key], lower_is_better=True)
+            value = itemgetter(key)
+            variable = _best(by_cell, "variable", value, lower_is_better=True)
+            fixed = _best(by_cell, "masked", value, lower_is_better=True)
             lines.append(_claim(f"a variable mask ratio ({variable}) gives lower prefix perplexity {where} than the "
-                                f"best fixed ratio ({fixed})", [r[key] for r in by_cell[variable]],
-                                [r[key] for r in by_cell[fixed]], higher_is_better=False) + "  ")
+                                f"best fixed ratio ({fixed})", by_cell, variable, fixed, value, False) + "  ")
     from .perplexity import plot_prefix_curves
 
     plot_prefix_curves({cell: rs[0] for cell, rs in by_cell.items()}, out / "prefix_perplexity.png",
@@ -328,29 +340,24 @@ def _vision_sections(classification: dict[str, list[dict]], generation: dict[str
     lines = []
     if classification:
         lines += ["## ViT on Fashion-MNIST: linear probe and fine-tuning (the paper's Table 3)", "",
-                  "| pretraining | linear probe | fine-tune |", "|---|---|---|"]
-        for cell, rs in classification.items():
-            lines.append(f"| {cell} ({len(rs)} seeds) | {_mean_std([r['scores']['linear_probe'] for r in rs])} | "
-                         f"{_mean_std([r['scores']['fine_tune'] for r in rs])} |")
+                  *_table(classification, {"linear probe": _stat(lambda r: r["scores"]["linear_probe"]),
+                                           "fine-tune": _stat(lambda r: r["scores"]["fine_tune"])})]
         if {"vit_ar", "vit_semi_ar_g2"} <= set(classification):
             lines.append("")
             for metric in ("linear_probe", "fine_tune"):
-                lines.append(_claim(f"semi-AR (g = 2) beats AR in {metric.replace('_', '-')} accuracy",
-                                    [r["scores"][metric] for r in classification["vit_semi_ar_g2"]],
-                                    [r["scores"][metric] for r in classification["vit_ar"]], True) + "  ")
+                lines.append(_claim(f"semi-AR (g = 2) beats AR in {metric.replace('_', '-')} accuracy", classification,
+                                    "vit_semi_ar_g2", "vit_ar", lambda r, metric=metric: r["scores"][metric], True)
+                             + "  ")
         lines.append("")
     if generation:
         lines += ["## ViT reconstruction with 25% of the patches hidden, predicted one after another", "",
-                  "| pretraining | L2 (per pixel) | PSNR (dB) |", "|---|---|---|"]
-        for cell, rs in generation.items():
-            lines.append(f"| {cell} ({len(rs)} seeds) | {_mean_std([r['l2'] for r in rs])} | "
-                         f"{_mean_std([r['psnr'] for r in rs])} |")
+                  *_table(generation, {"L2 (per pixel)": _stat(lambda r: r["l2"]),
+                                       "PSNR (dB)": _stat(lambda r: r["psnr"])})]
         if any(c.startswith("vit_variable") for c in generation) and any(c.startswith("vit_masked") for c in generation):
             variable = _best(generation, "vit_variable", lambda r: r["l2"], lower_is_better=True)
             fixed = _best(generation, "vit_masked", lambda r: r["l2"], lower_is_better=True)
             lines += ["", _claim(f"a variable mask ratio ({variable}) reconstructs with lower L2 than the best fixed "
-                                 f"ratio ({fixed})", [r["l2"] for r in generation[variable]],
-                                 [r["l2"] for r in generation[fixed]], higher_is_better=False)]
+                                 f"ratio ({fixed})", generation, variable, fixed, lambda r: r["l2"], False)]
         lines += ["", "Reconstruction grids (seed 0): `figures/reconstruction-<cell>.png`.", ""]
     return lines
 

@@ -187,14 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.set_defaults(func=cmd_generate)
 
+    from hf_genssl.reproduce import EXPERIMENTS
+
     p = sub.add_parser("reproduce", help="the paper's comparisons at small scale, with seeds (writes RESULTS.md)")
     p.add_argument("--out", default="results")
     p.add_argument("--quick", action="store_true", help="a smoke run of the same code path (not evidence)")
     p.add_argument("--scale", default="default", choices=["small", "default", "gpu"],
                    help="small: ~25 min on 2 CPU cores; default: ~5 hours; gpu: one large GPU")
-    p.add_argument("--experiments", nargs="+", default=["classification", "generation", "vision_classification",
-                                                         "vision_generation"],
-                   choices=["classification", "generation", "vision_classification", "vision_generation"])
+    p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     p.add_argument("--cache-dir")
     p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block")
     p.add_argument("--glue", action="store_true", help="also fine-tune on real GLUE (needs the Hub; use a fresh --out)")

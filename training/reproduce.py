@@ -1,7 +1,8 @@
 """Reproduce the paper's comparisons: the same as ``genssl reproduce`` (see ``hf_genssl/reproduce.py``).
 
-    python training/reproduce.py --quick            # smoke run, about 20 minutes on 2 cores (not evidence)
-    python training/reproduce.py                    # the default scale, a few hours on 2 cores
+    python training/reproduce.py --quick            # smoke run, about 12 minutes on 2 cores (not evidence)
+    python training/reproduce.py --scale small      # about 25 minutes on 2 cores
+    python training/reproduce.py                    # the default scale, about 5 hours on 2 cores
     python training/reproduce.py --scale gpu        # the GPU scale (bf16)
 
 The experiment definitions (cells, scales) are in ``training/configs/experiments/reproduce.yaml``; the code that

@@ -102,8 +102,8 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     Why: a decoding step pushes only 2-8 rows through each projection. CPU BLAS runs that skinny ``x @ W.T``
     by packing ``W`` first, which doubles the memory traffic of the weights; ``W @ x.T`` streams them once
-    (measured about 2x faster for a 1024x256 weight and 2-4 rows on 2 cores). Anything else (many rows, GPU,
-    a LoRA or quantized wrapper) goes through the module unchanged.
+    (``benchmarks/bench_generate.py`` shows the effect on decoding). Anything else (many rows, GPU, a LoRA or
+    quantized wrapper) goes through the module unchanged.
     """
     if x.device.type != "cpu" or type(layer) is not nn.Linear or x.numel() > _SKINNY_ROWS * x.shape[-1]:
         return layer(x)

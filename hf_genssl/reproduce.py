@@ -268,8 +268,19 @@ def _best(by_cell: dict[str, list[dict]], prefix: str, value, lower_is_better: b
     return min(cells, key=lambda c: (1 if lower_is_better else -1) * statistics.mean(value(r) for r in by_cell[c]))
 
 
+MIN_SEEDS_FOR_VERDICT = 2  # with one seed per cell there is no spread to compare the difference with
+
+
 def _claim(text: str, by_cell: dict[str, list[dict]], better: str, worse: str, value, higher_is_better: bool) -> str:
-    """The verdict on "cell ``better`` beats cell ``worse``" by ``value(run)``, as a line of RESULTS.md."""
+    """The verdict on "cell ``better`` beats cell ``worse``" by ``value(run)``, as a line of RESULTS.md.
+
+    A run in progress (``genssl reproduce`` resumes seed by seed) can leave a cell with a single seed: its claim is
+    then marked pending rather than judged against a spread of zero.
+    """
+    seeds = min(len(by_cell[better]), len(by_cell[worse]))
+    if seeds < MIN_SEEDS_FOR_VERDICT:
+        return (f"Claim \"{text}\": **pending** ({seeds} seed so far; a verdict needs {MIN_SEEDS_FOR_VERDICT} per "
+                "cell).")
     verdict = _verdict([value(r) for r in by_cell[better]], [value(r) for r in by_cell[worse]], higher_is_better)
     return f"Claim \"{text}\": **{verdict}**."
 

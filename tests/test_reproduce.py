@@ -124,3 +124,14 @@ def test_glue_flag_adds_the_real_glue_tasks_and_their_metrics(tmp_path, monkeypa
     assert seen == [*reproduce.TASKS, *reproduce.GLUE_TASKS]
     record = json.loads((tmp_path / "classification" / "ar-seed0.json").read_text())
     assert record["scores"]["glue/cola"] == 0.25 and " | glue/cola | " in text  # a column of the table
+
+
+def test_a_claim_with_one_seed_per_cell_is_pending_not_judged():
+    """One seed has no spread: a 0.01 gap must not read as "held" while a resumed run is still going."""
+    one = {"a": [{"v": 0.81}], "b": [{"v": 0.80}]}
+    assert "**pending**" in reproduce._claim("a beats b", one, "a", "b", lambda r: r["v"], True)
+    two = {"a": [{"v": 0.81}, {"v": 0.83}], "b": [{"v": 0.70}, {"v": 0.71}]}
+    assert "**held**" in reproduce._claim("a beats b", two, "a", "b", lambda r: r["v"], True)
+    assert "**not held**" in reproduce._claim("b beats a", two, "b", "a", lambda r: r["v"], True)
+    close = {"a": [{"v": 0.80}, {"v": 0.84}], "b": [{"v": 0.79}, {"v": 0.83}]}
+    assert "**inconclusive**" in reproduce._claim("a beats b", close, "a", "b", lambda r: r["v"], True)

@@ -104,7 +104,7 @@ def _score_query_stream(backbone, head, rows, targets, batch_size, pad_id, progr
 def _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad_id, mask_id, progress):
     """NLL of every target position t from ``x_<t`` + ``[MASK]`` up to the window end, batched across positions."""
     inputs, read_at, answers = [], [], []
-    for row, positions in zip(rows, targets):
+    for row, positions in zip(rows, targets, strict=True):
         after = torch.arange(len(row))[None] >= positions[:, None]  # (n_targets, L): masked from t on
         inputs.extend(torch.where(after, mask_id, row[None]).unbind(0))
         read_at.append(positions)

@@ -307,7 +307,10 @@ def singular_values(
 def summarize_spectrum(s: np.ndarray, K: int, tol: float = UNIT_TOL) -> dict:
     """Spectrum summary used by the grid: class block, ``sigma_{K+1}``, components, rank, top values."""
     s = np.asarray(s, dtype=float)
-    pad = lambda i: float(s[i]) if i < len(s) else 0.0
+
+    def pad(i: int) -> float:  # sigma_i, or 0 past the end of the spectrum
+        return float(s[i]) if i < len(s) else 0.0
+
     return {
         "sigma_class": [pad(i) for i in range(1, K)],  # sigma_2 .. sigma_K
         "sigma_K": pad(K - 1),

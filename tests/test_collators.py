@@ -17,8 +17,8 @@ def sequences(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
 def group_sizes(gids: torch.Tensor, valid: torch.Tensor) -> list[list[int]]:
     """Sizes of the consecutive groups after BOS, per row, computed with a plain loop."""
     out = []
-    for row, ok in zip(gids.tolist(), valid.tolist()):
-        row = [g for g, v in zip(row, ok) if v][1:]
+    for row, ok in zip(gids.tolist(), valid.tolist(), strict=True):
+        row = [g for g, v in zip(row, ok, strict=True) if v][1:]
         sizes, previous = [], None
         for g in row:
             if g == previous:

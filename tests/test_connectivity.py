@@ -17,7 +17,7 @@ def brute_force(features: torch.Tensor, k: int) -> tuple[float, float]:
     n = len(rows)
 
     def cosine(a, b):
-        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
     top_k, mean = 0.0, 0.0
     for i in range(n):

@@ -239,7 +239,7 @@ def test_rt_polarity_counts_match_the_raw_file(cache):
     assert (info.num_labels, info.metric, info.label_names) == (2, "accuracy", ("negative", "positive"))
     label_of = {sentence: int(score > 0) for score, sentence in rows}
     train = data["train"]
-    assert all(label_of[s] == y for s, y in zip(train["sentence"][:500], train["label"][:500]))
+    assert all(label_of[s] == y for s, y in zip(train["sentence"][:500], train["label"][:500], strict=True))
 
 
 def test_rt_regression_matches_the_raw_file_and_shares_the_split(cache):

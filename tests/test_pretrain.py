@@ -111,7 +111,7 @@ def test_two_processes_match_one_process(tmp_path):
     script = tmp_path / "launch.py"
     script.write_text(
         "import json, sys\nfrom hf_genssl.pretraining import run_pretraining\n"
-        f"run_pretraining(json.loads(sys.argv[1]))\n"
+        "run_pretraining(json.loads(sys.argv[1]))\n"
     )
     args = json.dumps({**config, "batch_size": 4, "output_dir": str(two)})  # same global batch of 8
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -123,9 +123,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     log_one, log_two = history(one), history(two)
     assert [r["step"] for r in log_two] == [r["step"] for r in log_one] == list(range(1, 7))  # one writer
-    for a, b in zip(log_one, log_two):
+    for a, b in zip(log_one, log_two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-4)
-    for a, b in zip(weights(one).values(), weights(two).values()):
+    for a, b in zip(weights(one).values(), weights(two).values(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 

@@ -144,7 +144,7 @@ def test_sigma_K1_orderings(K, n):
         assert v <= semi + 1e-12 <= ar + 2e-12  # masked <= semi-AR <= AR
     # fixed count: non-increasing in r (steps where round(r n) does not change), equal to AR only when M = 1
     assert all(a >= b - 1e-12 for a, b in itertools.pairwise(fixed))
-    for r, v in zip(RS, fixed):
+    for r, v in zip(RS, fixed, strict=True):
         assert (v == pytest.approx(1.0)) == (num_masked(r, n) == 1)
     # Bernoulli mask: strictly decreasing in r, already < 1 at the smallest ratio
     assert all(a > b for a, b in itertools.pairwise(bern))

@@ -93,7 +93,7 @@ def clean_text(text: str) -> str:
 
 def _clean_batch(batch: dict[str, list]) -> dict[str, list]:
     return {"text": [clean_text(strip_gutenberg(text) if source == "shakespeare" else text)
-                     for text, source in zip(batch["text"], batch["source"])]}
+                     for text, source in zip(batch["text"], batch["source"], strict=True)]}
 
 
 def column(dataset: Dataset, name: str) -> np.ndarray:
@@ -162,7 +162,7 @@ def source_documents(source: str, cache_dir: str | os.PathLike | None = None) ->
 def iter_documents(source: str, cache_dir: str | os.PathLike | None = None) -> Iterator[tuple[str, str]]:
     """``(doc_id, raw text)`` pairs of one corpus source (before cleaning and splitting)."""
     documents = source_documents(source, cache_dir)
-    yield from zip(column(documents, "doc_id"), column(documents, "text"))
+    yield from zip(column(documents, "doc_id"), column(documents, "text"), strict=True)
 
 
 # ------------------------------------------------------------------------------------------------------------

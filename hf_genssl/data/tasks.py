@@ -477,10 +477,10 @@ def label_distribution(data: Dataset | DatasetDict | Mapping[str, Dataset]) -> d
     labels = labels[labels >= 0]
     if isinstance(feature, ClassLabel):
         counts = np.bincount(labels, minlength=feature.num_classes)
-        result: dict[str, Any] = {name: int(n) for name, n in zip(feature.names, counts)}
+        result: dict[str, Any] = {name: int(n) for name, n in zip(feature.names, counts, strict=True)}
     else:
         values, counts = np.unique(labels, return_counts=True)
-        result = {int(v): int(n) for v, n in zip(values, counts)}
+        result = {int(v): int(n) for v, n in zip(values, counts, strict=True)}
     if unlabelled:
         result["unlabelled"] = unlabelled
     return result

@@ -294,7 +294,8 @@ def _table(by_cell: dict[str, list[dict]], columns: dict) -> list[str]:
     """A markdown table, one row per cell; ``columns`` maps each header to a function of the cell's runs."""
     lines = ["| pretraining | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for cell, runs in by_cell.items():
-        lines.append(f"| {cell} ({len(runs)} seeds) | " + " | ".join(column(runs) for column in columns.values()) + " |")
+        seeds = f"{len(runs)} seed" + ("s" if len(runs) != 1 else "")
+        lines.append(f"| {cell} ({seeds}) | " + " | ".join(column(runs) for column in columns.values()) + " |")
     return lines
 
 

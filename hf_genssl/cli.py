@@ -111,14 +111,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from hf_genssl.reproduce import run_reproduce
+    from hf_genssl.reproduce import default_out, run_reproduce, update_readme
 
-    print(run_reproduce(args.out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
+    out = args.out or default_out(args.scale, args.quick)
+    print(run_reproduce(out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
                         cache_dir=args.cache_dir, glue=args.glue))
     if args.readme:
-        from hf_genssl.reproduce import update_readme
-
-        update_readme(args.readme, args.out)
+        update_readme(args.readme, out)
     return 0
 
 
@@ -190,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hf_genssl.reproduce import EXPERIMENTS
 
     p = sub.add_parser("reproduce", help="the paper's comparisons at small scale, with seeds (writes RESULTS.md)")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", help="results folder (default: results/<scale>; a resumed run skips the cells in it)")
     p.add_argument("--quick", action="store_true", help="a smoke run of the same code path (not evidence)")
     p.add_argument("--scale", default="default", choices=["small", "default", "gpu"],
                    help="small: ~25 min on 2 CPU cores; default: ~5 hours; gpu: one large GPU")

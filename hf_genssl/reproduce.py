@@ -3,8 +3,9 @@
 The experiments (cells and scales) are defined in ``training/configs/experiments/reproduce.yaml``; this module
 runs them.
 
-Four experiments, each cell run for several seeds, every run written to ``results/<experiment>/<cell>-seed<k>.json``
-(config, seed, data, hardware, wall time) and summarised into ``results/RESULTS.md`` with PNG plots:
+Four experiments, each cell run for several seeds, every run written to
+``results/<scale>/<experiment>/<cell>-seed<k>.json`` (config, seed, data, hardware, wall time) and summarised into
+``results/<scale>/RESULTS.md`` with PNG plots:
 
 1. *classification* (the paper's Table 2): the same language model pretrained as AR (g = 1) and as
    diversity-enhanced semi-AR (g = 2, and random group sizes) on the same tokens in the same order (same data
@@ -146,6 +147,10 @@ def _pending(out: Path, experiment: str, cells: dict[str, dict], scale: Scale):
             path = out / experiment / f"{cell}-seed{seed}.json"
             if not path.exists():
                 yield _Run(experiment, cell, settings, seed, scale, path)
+            elif (recorded := json.loads(path.read_text()).get("scale_name", scale.name)) != scale.name:
+                # Resuming skips finished cells: a cell of another scale would be skipped and reported as this one.
+                raise ValueError(f"{path} holds a {recorded!r}-scale run, not {scale.name!r}; pass another --out "
+                                 f"(e.g. --out results/{scale.name}).")
 
 
 def _main_metric(final: dict) -> float:
@@ -424,7 +429,7 @@ def readme_block(out: Path, link_prefix: str | None = None) -> str:
     return f"{README_BEGIN}\n{text.strip()}\n{README_END}"
 
 
-def update_readme(readme: str | Path, out: str | Path = "results") -> None:
+def update_readme(readme: str | Path, out: str | Path = "results/small") -> None:
     """Replace the README's generated results block with the current ``RESULTS.md`` (see :func:`readme_block`)."""
     path = Path(readme)
     text = path.read_text()
@@ -439,11 +444,17 @@ RUNNERS = {"classification": run_classification, "generation": run_generation,
            "vision_classification": run_vision_classification, "vision_generation": run_vision_generation}
 
 
-def run_reproduce(out_dir: str = "results", scale: str = "default", quick: bool = False,
+def default_out(scale: str = "default", quick: bool = False) -> str:
+    """Where a scale's results go unless told otherwise: ``results/<scale>`` (one folder per scale, because a
+    resumed run skips the cells it finds)."""
+    return f"results/{'quick' if quick else scale}"
+
+
+def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: bool = False,
                   experiments: tuple[str, ...] = EXPERIMENTS, cache_dir=None, glue: bool = False) -> str:
     """Run (or resume: finished cells are skipped) the experiments, then write ``RESULTS.md``.
 
-    ``glue=True`` also fine-tunes on the real GLUE tasks of ``glue_tasks`` (downloaded from the Hub), in cells
+    ``out_dir`` defaults to :func:`default_out`. ``glue=True`` also fine-tunes on the real GLUE tasks of ``glue_tasks`` (downloaded from the Hub), in cells
     that have not run yet: use a fresh ``out_dir`` for it.
     """
     unknown = set(experiments) - set(RUNNERS)
@@ -455,7 +466,7 @@ def run_reproduce(out_dir: str = "results", scale: str = "default", quick: bool 
     if name not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose from {list(SCALES)}.")
     chosen = replace(SCALES[name], name=name)
-    out = Path(out_dir)
+    out = Path(out_dir or default_out(scale, quick))
     out.mkdir(parents=True, exist_ok=True)
     runners = {**RUNNERS, "classification": partial(run_classification, tasks=TASKS + (GLUE_TASKS if glue else ()))}
     for experiment in EXPERIMENTS:

@@ -153,7 +153,7 @@ def test_language_card_has_metadata_sections_results_and_citation():
     assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in text
     assert f'repo = "{FAKE_USER}/genssl-tiny"' in text
     assert CITATION in text and "Look Ahead or Look Around?" in text
-    assert "`results/RESULTS.md`" in text and "genssl reproduce" in text  # links the objectives' comparison
+    assert "`results/<scale>/RESULTS.md`" in text and "genssl reproduce" in text  # links the objectives' comparison
 
 
 def test_vision_card_and_flat_results():
@@ -171,7 +171,7 @@ def test_vision_card_and_flat_results():
     assert card.data.pipeline_tag == "image-feature-extraction"
     assert card.data.tags == ["hf_genssl", "variable_length_masked", "vision"]
     assert "| linear_probe_accuracy | 0.7000 |" in text and "| `mask_ratio_range` | (0.1000, 0.9000) |" in text
-    assert "`results/RESULTS.md`" in text
+    assert "`results/<scale>/RESULTS.md`" in text
     assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in text
 
 

@@ -81,13 +81,15 @@ def test_readme_block_is_generated_from_results_md(tmp_path):
 
 
 def test_readme_results_section_matches_the_committed_results():
-    """The README's results block is exactly what `genssl reproduce --readme` renders from results/RESULTS.md."""
+    """The README's results block is exactly what `genssl reproduce --readme` renders from the RESULTS.md it names."""
+    import re
+
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text()
-    if not (root / "results" / "RESULTS.md").exists():
-        pytest.skip("no committed results")
     block = readme[readme.index(reproduce.README_BEGIN) : readme.index(reproduce.README_END) + len(reproduce.README_END)]
-    assert block == reproduce.readme_block(root / "results", link_prefix="results")
+    folder = re.search(r"from the JSON files in `([^`]+)/`", block).group(1)  # e.g. results/small
+    assert (root / folder / "RESULTS.md").exists(), folder
+    assert block == reproduce.readme_block(root / folder, link_prefix=folder)
 
 
 @pytest.mark.parametrize("scale", list(reproduce.SCALES))
@@ -135,3 +137,27 @@ def test_a_claim_with_one_seed_per_cell_is_pending_not_judged():
     assert "**not held**" in reproduce._claim("b beats a", two, "b", "a", lambda r: r["v"], True)
     close = {"a": [{"v": 0.80}, {"v": 0.84}], "b": [{"v": 0.79}, {"v": 0.83}]}
     assert "**inconclusive**" in reproduce._claim("a beats b", close, "a", "b", lambda r: r["v"], True)
+
+
+def test_resuming_into_a_folder_of_another_scale_is_refused(tmp_path):
+    """Finished cells are skipped on resume, so a small-scale JSON must not pass for a default-scale cell."""
+    (tmp_path / "classification").mkdir()
+    (tmp_path / "classification" / "ar-seed0.json").write_text(json.dumps({"scale_name": "small"}))
+    scale = reproduce.Scale({}, 1, 8, 1, seeds=1, name="default")
+    with pytest.raises(ValueError, match="'small'-scale run.*--out results/default"):
+        list(reproduce._pending(tmp_path, "classification", {"ar": {"objective": "ar"}}, scale))
+    same = reproduce.Scale({}, 1, 8, 1, seeds=1, name="small")
+    assert list(reproduce._pending(tmp_path, "classification", {"ar": {"objective": "ar"}}, same)) == []
+
+
+def test_cli_writes_each_scale_to_its_own_folder(monkeypatch):
+    from hf_genssl import cli
+
+    calls = []
+    monkeypatch.setattr(reproduce, "run_reproduce", lambda out, **kwargs: calls.append(("run", out, kwargs["scale"])) or "")
+    monkeypatch.setattr(reproduce, "update_readme", lambda readme, out: calls.append(("readme", readme, out)))
+    assert cli.main(["reproduce", "--scale", "small", "--readme", "README.md"]) == 0
+    assert cli.main(["reproduce", "--quick", "--experiments", "classification"]) == 0
+    assert cli.main(["reproduce", "--out", "elsewhere"]) == 0
+    assert calls == [("run", "results/small", "small"), ("readme", "README.md", "results/small"),
+                     ("run", "results/quick", "default"), ("run", "elsewhere", "default")]

@@ -114,8 +114,17 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from hf_genssl.reproduce import default_out, run_reproduce, update_readme
 
     out = args.out or default_out(args.scale, args.quick)
-    print(run_reproduce(out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
-                        cache_dir=args.cache_dir, glue=args.glue))
+    if args.report_only:
+        from pathlib import Path
+
+        from hf_genssl.reproduce import summarise
+
+        if not any(Path(out).glob("*/*.json")):
+            raise SystemExit(f"genssl reproduce --report-only: no results in {out}/ (run without --report-only first).")
+        print(summarise(Path(out), args.quick))
+    else:
+        print(run_reproduce(out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
+                            cache_dir=args.cache_dir, glue=args.glue))
     if args.readme:
         update_readme(args.readme, out)
     return 0
@@ -197,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block")
     p.add_argument("--glue", action="store_true", help="also fine-tune on real GLUE (needs the Hub; use a fresh --out)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: regenerate RESULTS.md and the plots from the JSON files in the results folder")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("theory", help="co-occurrence spectra of the paper's Theorem 4.2 toy model")

@@ -161,3 +161,17 @@ def test_cli_writes_each_scale_to_its_own_folder(monkeypatch):
     assert cli.main(["reproduce", "--out", "elsewhere"]) == 0
     assert calls == [("run", "results/small", "small"), ("readme", "README.md", "results/small"),
                      ("run", "results/quick", "default"), ("run", "elsewhere", "default")]
+
+
+def test_report_only_rewrites_results_md_from_the_json_files_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    from hf_genssl import cli
+
+    monkeypatch.setattr(reproduce, "run_reproduce", lambda *args, **kwargs: pytest.fail("ran an experiment"))
+    with pytest.raises(SystemExit, match="no results in"):
+        cli.main(["reproduce", "--report-only", "--out", str(tmp_path)])
+    record = {"experiment": "classification", "cell": "ar", "seed": 0, "scores": {"rt-polarity": 0.75},
+              "average": 0.75, "scale_name": "small", "hardware": "test machine"}
+    (tmp_path / "classification").mkdir()
+    (tmp_path / "classification" / "ar-seed0.json").write_text(json.dumps(record))
+    assert cli.main(["reproduce", "--report-only", "--out", str(tmp_path)]) == 0
+    assert "| ar (1 seed) | 0.750 ± 0.000 | 0.750 ± 0.000 |" in (tmp_path / "RESULTS.md").read_text()

@@ -248,7 +248,7 @@ def run_vision_generation(out: Path, scale: Scale, cache_dir) -> None:
 def _verdict(better: list[float], worse: list[float], higher_is_better: bool) -> str:
     gap = statistics.mean(better) - statistics.mean(worse)
     gap = gap if higher_is_better else -gap
-    spread = (statistics.pstdev(better) if len(better) > 1 else 0) + (statistics.pstdev(worse) if len(worse) > 1 else 0)
+    spread = statistics.pstdev(better) + statistics.pstdev(worse)  # _claim asks for 2+ seeds per cell
     if gap > spread:
         return "held"
     if gap < -spread:
@@ -454,8 +454,8 @@ def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: boo
                   experiments: tuple[str, ...] = EXPERIMENTS, cache_dir=None, glue: bool = False) -> str:
     """Run (or resume: finished cells are skipped) the experiments, then write ``RESULTS.md``.
 
-    ``out_dir`` defaults to :func:`default_out`. ``glue=True`` also fine-tunes on the real GLUE tasks of ``glue_tasks`` (downloaded from the Hub), in cells
-    that have not run yet: use a fresh ``out_dir`` for it.
+    ``out_dir`` defaults to :func:`default_out`. ``glue=True`` also fine-tunes on the real GLUE tasks of
+    ``glue_tasks`` (downloaded from the Hub), in cells that have not run yet: use a fresh ``out_dir`` for it.
     """
     unknown = set(experiments) - set(RUNNERS)
     if unknown:

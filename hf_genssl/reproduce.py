@@ -208,41 +208,68 @@ def run_generation(out: Path, scale: Scale, cache_dir) -> None:
 
 
 def _image_tensors(scale: Scale, cache_dir) -> dict:
-    """``{"train": (pixels, labels), "test": ...}``: the first ``scale.vit_images`` of each split."""
+    """``{"train": (pixels, labels), "test": ...}``: the first ``scale.vit_images`` of each split, pixels in [0, 1]."""
     from .vision_eval import load_image_tensors
 
     return load_image_tensors(scale.vit_pretrain.get("image_dataset", "fashion_mnist"), cache_dir=cache_dir,
                               limit=scale.vit_images)
 
 
-def _pretrained_vit(out: Path, run: _Run, cache_dir):
-    from .modeling_genssl_vit import GenSSLViTForPreTraining
+@dataclass
+class _PretrainedViT:
+    """A cell's pretrained ViT, the evaluation images on its pixel scale, and that scale (``mean`` / ``std``)."""
 
-    return GenSSLViTForPreTraining.from_pretrained(_pretrain(out, run, cache_dir))
+    model: object
+    images: dict
+    mean: list[float]
+    std: list[float]
+
+    def record_fields(self) -> dict:
+        return {"pixel_normalization": {"mean": self.mean, "std": self.std}}
+
+
+def _pretrained_vit(out: Path, run: _Run, cache_dir, images: dict) -> _PretrainedViT:
+    """Pretrain (or reuse) the cell's ViT and put ``images`` ([0, 1] pixels) on the scale its saved image processor
+    gives. Evaluating on another scale than pretraining's corrupts every number without an error (this package's
+    first ViT results were computed on [-1, 1] pixels by models pretrained on [0, 1]: their reconstructions were
+    worse than a constant guess), so the processor saved with the checkpoint decides, not a default here."""
+    from transformers import AutoImageProcessor
+
+    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .vision_eval import normalize_pixels, pixel_normalization
+
+    checkpoint = _pretrain(out, run, cache_dir)
+    mean, std = pixel_normalization(AutoImageProcessor.from_pretrained(checkpoint))
+    return _PretrainedViT(GenSSLViTForPreTraining.from_pretrained(checkpoint),
+                          {split: (normalize_pixels(x, mean, std), y) for split, (x, y) in images.items()}, mean, std)
 
 
 def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
     from .vision_eval import fine_tune_eval, linear_probe_eval
 
-    (train_x, train_y), (test_x, test_y) = (_image_tensors(scale, cache_dir)[split] for split in ("train", "test"))
+    images = _image_tensors(scale, cache_dir)
     for run in _pending(out, "vision_classification", VISION_CLASSIFICATION_CELLS, scale):
-        model = _pretrained_vit(out, run, cache_dir)
-        scores = {"linear_probe": linear_probe_eval(model, train_x, train_y, test_x, test_y),
-                  "fine_tune": fine_tune_eval(model, train_x, train_y, test_x, test_y, epochs=scale.vit_finetune_epochs,
-                                              lr=scale.vit_finetune_lr, seed=run.seed)}
-        run.record(f"{len(train_x)} train / {len(test_x)} test images", scores=scores,
+        vit = _pretrained_vit(out, run, cache_dir, images)
+        (train_x, train_y), (test_x, test_y) = vit.images["train"], vit.images["test"]
+        scores = {"linear_probe": linear_probe_eval(vit.model, train_x, train_y, test_x, test_y),
+                  "fine_tune": fine_tune_eval(vit.model, train_x, train_y, test_x, test_y,
+                                              epochs=scale.vit_finetune_epochs, lr=scale.vit_finetune_lr,
+                                              seed=run.seed)}
+        run.record(f"{len(train_x)} train / {len(test_x)} test images", scores=scores, **vit.record_fields(),
                    fine_tuning={"epochs": scale.vit_finetune_epochs, "learning_rate": scale.vit_finetune_lr})
 
 
 def run_vision_generation(out: Path, scale: Scale, cache_dir) -> None:
     from .vision_eval import reconstruction_eval
 
-    test_x = _image_tensors(scale, cache_dir)["test"][0]
+    images = {"test": _image_tensors(scale, cache_dir)["test"]}
     for run in _pending(out, "vision_generation", {**VISION_GENERATION_CELLS, **VISION_CLASSIFICATION_CELLS}, scale):
+        vit = _pretrained_vit(out, run, cache_dir, images)
+        test_x = vit.images["test"][0]
         grid = out / "figures" / f"reconstruction-{run.cell}.png" if run.seed == 0 else None
-        scores = reconstruction_eval(_pretrained_vit(out, run, cache_dir), test_x, hidden_ratio=0.25, seed=run.seed,
-                                     grid_path=grid)
-        run.record(f"{len(test_x)} test images, 25% of patches hidden", **scores)
+        scores = reconstruction_eval(vit.model, test_x, hidden_ratio=0.25, seed=run.seed, grid_path=grid,
+                                     mean=vit.mean, std=vit.std)
+        run.record(f"{len(test_x)} test images, 25% of patches hidden", **scores, **vit.record_fields())
 
 
 def _verdict(better: list[float], worse: list[float], higher_is_better: bool) -> str:

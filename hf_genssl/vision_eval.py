@@ -9,9 +9,13 @@
 * :func:`linear_probe_eval` - frozen pooled features + multinomial logistic regression (torch L-BFGS).
 * :func:`fine_tune_eval` - the backbone plus a linear head trained end to end with AdamW.
 
-Inputs are tensors (``pixel_values`` normalised as in pretraining, integer ``labels``);
+Inputs are tensors (``pixel_values`` on the scale the checkpoint was pretrained on, integer ``labels``);
 :func:`images_to_tensors` turns a ``datasets`` split with PIL ``image`` / ``label`` columns into them, and
-:func:`load_image_tensors` does so for the project's offline datasets (``hf_genssl.data.images``).
+:func:`load_image_tensors` does so for the project's offline datasets (``hf_genssl.data.images``). Their default,
+pixels in [0, 1], is what GenSSL ViT checkpoints are pretrained on (the image processor saved with them rescales by
+1/255 and does not normalise); for another checkpoint pass ``pixel_normalization(its image processor)``. Pixels on
+another scale than pretraining's make every number here meaningless (reconstructions land on the wrong scale and
+the features come from inputs the model never saw), without any error.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ __all__ = [
     "images_to_tensors",
     "linear_probe_eval",
     "load_image_tensors",
+    "normalize_pixels",
+    "pixel_normalization",
     "reconstruct",
     "reconstruction_eval",
     "save_reconstruction_grid",
@@ -113,8 +119,8 @@ def save_reconstruction_grid(
     originals: torch.Tensor,
     masked_inputs: torch.Tensor,
     reconstructions: torch.Tensor,
-    mean: float | list[float] = 0.5,
-    std: float | list[float] = 0.5,
+    mean: float | list[float] = 0.0,
+    std: float | list[float] = 1.0,
     scale: int = 4,
 ) -> Path:
     """One row per image: original | masked input | reconstruction. ``mean``/``std`` undo the normalisation."""
@@ -148,14 +154,15 @@ def reconstruction_eval(
     data_range: float | None = None,
     grid_path: str | Path | None = None,
     grid_images: int = 8,
-    mean: float | list[float] = 0.5,
-    std: float | list[float] = 0.5,
+    mean: float | list[float] = 0.0,
+    std: float | list[float] = 1.0,
 ) -> dict[str, float]:
     """The paper's generation test: hide ``hidden_ratio`` of the patches and predict them one after another.
 
     Returns ``{"l2": mean squared error per hidden pixel, "psnr": mean over images of
-    10 log10(data_range^2 / per-image hidden-pixel MSE), "num_images", "hidden_patches"}``. ``data_range``
-    defaults to max - min of ``pixel_values`` (2.0 for images normalised with mean = std = 0.5).
+    10 log10(data_range^2 / per-image hidden-pixel MSE), "num_images", "hidden_patches"}``. ``pixel_values`` must be
+    on the model's pretraining scale (see the module docstring); ``mean`` / ``std`` say how they were normalised from
+    [0, 1], for the PNG only. ``data_range`` defaults to max - min of ``pixel_values`` (1.0 for [0, 1] pixels).
     ``grid_path`` saves a PNG of the first ``grid_images`` images (masked inputs show hidden patches black).
     """
     config = model.config
@@ -175,13 +182,14 @@ def reconstruction_eval(
     if grid_path is not None:
         n = min(grid_images, len(pixel_values))
         originals = pixel_values[:n].cpu()
-        c = config.num_channels
-        mean_t = torch.as_tensor(mean, dtype=originals.dtype).reshape(-1, 1, 1).expand(c, 1, 1)
-        std_t = torch.as_tensor(std, dtype=originals.dtype).reshape(-1, 1, 1).expand(c, 1, 1)
         hidden_pixels = unpatchify(
-            hidden[:n, :, None].float().expand(-1, -1, values_per_patch), config.patch_size, c, config.grid_size
+            hidden[:n, :, None].float().expand(-1, -1, values_per_patch),
+            config.patch_size,
+            config.num_channels,
+            config.grid_size,
         ).bool()
-        masked = torch.where(hidden_pixels, (-mean_t / std_t).expand_as(originals), originals)  # hidden = black
+        black = normalize_pixels(torch.zeros_like(originals), mean, std)
+        masked = torch.where(hidden_pixels, black, originals)  # hidden patches shown black
         save_reconstruction_grid(grid_path, originals, masked, recons[:n], mean=mean, std=std)
     return {"l2": l2, "psnr": psnr, "num_images": len(pixel_values), "hidden_patches": int(hidden[0].sum())}
 
@@ -296,10 +304,36 @@ def fine_tune_eval(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def images_to_tensors(split, mean: float = 0.5, std: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_normalization(image_processor) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` per channel that ``image_processor`` normalises [0, 1] pixels with: ``([0.0], [1.0])`` when it
+    does not normalise (the processor saved with GenSSL ViT checkpoints)."""
+    if getattr(image_processor, "do_rescale", True) and not math.isclose(
+        getattr(image_processor, "rescale_factor", 1 / 255), 1 / 255
+    ):
+        raise ValueError("pixel_normalization expects an image processor that rescales 0-255 pixels to [0, 1].")
+    if not getattr(image_processor, "do_normalize", False):
+        return [0.0], [1.0]
+
+    def per_channel(value) -> list[float]:
+        return [float(value)] if isinstance(value, (int, float)) else [float(v) for v in value]
+
+    return per_channel(image_processor.image_mean), per_channel(image_processor.image_std)
+
+
+def normalize_pixels(pixels: torch.Tensor, mean: float | list[float], std: float | list[float]) -> torch.Tensor:
+    """``(pixels - mean) / std`` per channel, for ``(B, C, H, W)`` pixels in [0, 1]."""
+    mean_t = torch.as_tensor(mean, dtype=pixels.dtype).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=pixels.dtype).reshape(-1, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+def images_to_tensors(
+    split, mean: float | list[float] = 0.0, std: float | list[float] = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A ``datasets`` split (or list of dicts) with PIL ``image`` and int ``label`` -> ``(pixel_values, labels)``.
 
-    Pixels are scaled to [0, 1], then ``(x - mean) / std``; grayscale images give one channel, RGB three.
+    Pixels are scaled to [0, 1], then ``(x - mean) / std`` per channel; grayscale images give one channel, RGB three.
+    The default keeps [0, 1], the scale GenSSL ViT checkpoints are pretrained on.
     """
     import numpy as np
 
@@ -307,16 +341,21 @@ def images_to_tensors(split, mean: float = 0.5, std: float = 0.5) -> tuple[torch
     pixels = torch.from_numpy(np.stack([np.asarray(row["image"], dtype=np.float32) / 255.0 for row in rows]))
     pixels = pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)
     labels = torch.tensor([row["label"] for row in rows])
-    return (pixels - mean) / std, labels
+    return normalize_pixels(pixels, mean, std), labels
 
 
 def load_image_tensors(
-    name: str, cache_dir: str | None = None, limit: int | None = None
+    name: str,
+    cache_dir: str | None = None,
+    limit: int | None = None,
+    mean: float | list[float] = 0.0,
+    std: float | list[float] = 1.0,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``{"train": (pixel_values, labels), "test": ...}`` for ``fashion_mnist`` / ``mnist_5k`` (offline data)."""
+    """``{"train": (pixel_values, labels), "test": ...}`` for ``fashion_mnist`` / ``mnist_5k`` (offline data),
+    normalised as :func:`images_to_tensors` does."""
     try:
         from .data.images import load_image_dataset
     except ImportError as error:  # written by another issue; not every install has it
         raise ImportError("hf_genssl.data.images is not available; build tensors with images_to_tensors().") from error
     dataset = load_image_dataset(name, cache_dir=cache_dir, limit=limit)
-    return {split: images_to_tensors(dataset[split]) for split in dataset}
+    return {split: images_to_tensors(dataset[split], mean, std) for split in dataset}

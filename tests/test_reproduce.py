@@ -175,3 +175,33 @@ def test_report_only_rewrites_results_md_from_the_json_files_and_runs_nothing(tm
     (tmp_path / "classification" / "ar-seed0.json").write_text(json.dumps(record))
     assert cli.main(["reproduce", "--report-only", "--out", str(tmp_path)]) == 0
     assert "| ar (1 seed) | 0.750 ± 0.000 | 0.750 ± 0.000 |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_vit_cells_are_evaluated_on_the_pixels_they_were_pretrained_on(tmp_path):
+    """The pixels a ViT cell is evaluated on equal what its saved image processor makes of the same images, and what
+    its pretraining saw. (Evaluating [0, 1]-pretrained models on [-1, 1] pixels once made every ViT number
+    meaningless, reconstructions worse than a constant guess, with no error anywhere.)"""
+    import torch
+    from transformers import AutoImageProcessor
+
+    from hf_genssl.data.images import load_image_dataset
+    from hf_genssl.pretraining import PretrainConfig, _image_data
+
+    cache = os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache")
+    micro = reproduce.Scale({}, finetune_epochs=1, finetune_samples=None, ppl_texts=1, seeds=1,
+                            vit_pretrain={"image_dataset": "mnist_5k", "max_images": 16, "max_steps": 1,
+                                          "hidden_size": 32, "num_hidden_layers": 1, "batch_size": 8,
+                                          "eval_every": 1, "save_every": 1000},
+                            vit_images=8, name="micro")
+    cell = "vit_masked_0.75"
+    settings = reproduce.VISION_GENERATION_CELLS[cell]
+    run = reproduce._Run("vision_generation", cell, settings, 0, micro, tmp_path / "unused.json")
+    vit = reproduce._pretrained_vit(tmp_path, run, cache, reproduce._image_tensors(micro, cache))
+    evaluated = vit.images["test"][0]
+
+    test_images = [row["image"] for row in load_image_dataset("mnist_5k", cache_dir=cache, limit=8)["test"]]
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "runs" / f"{cell}-seed0" / "final")
+    torch.testing.assert_close(evaluated, processor(test_images, return_tensors="pt")["pixel_values"])
+    config = reproduce.pretrain_config(settings, micro, 0, str(tmp_path / "unused"), cache)
+    pretrained_on = torch.stack([e["pixel_values"] for e in _image_data(PretrainConfig(**config))[1][:8]])
+    torch.testing.assert_close(evaluated, pretrained_on)

@@ -21,6 +21,8 @@ from hf_genssl.vision_eval import (
     fine_tune_eval,
     hide_patches,
     linear_probe_eval,
+    normalize_pixels,
+    pixel_normalization,
     reconstruct,
     reconstruction_eval,
 )
@@ -619,6 +621,21 @@ def test_linear_probe_and_fine_tune_beat_chance():
     probe = linear_probe_eval(model, train, train_labels, test, test_labels)
     tuned = fine_tune_eval(model, train, train_labels, test, test_labels, epochs=4, lr=3e-3, batch_size=32)
     assert probe > 0.4 and tuned > 0.4  # 4 classes: chance is 0.25
+
+
+def test_pixel_normalization_follows_the_image_processor():
+    from transformers import ViTImageProcessorPil
+
+    # what GenSSL ViT pretraining saves: rescale to [0, 1], no normalisation
+    assert pixel_normalization(ViTImageProcessorPil(do_normalize=False)) == ([0.0], [1.0])
+    rgb = ViTImageProcessorPil(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.5])
+    assert pixel_normalization(rgb) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.5])
+    with pytest.raises(ValueError, match="rescales 0-255 pixels to"):
+        pixel_normalization(ViTImageProcessorPil(rescale_factor=1 / 127.5))
+    pixels = torch.rand(2, 3, 4, 4)
+    by_hand = torch.stack([(pixels[:, 0] - 0.5) / 0.2, (pixels[:, 1] - 0.4) / 0.25, (pixels[:, 2] - 0.3) / 0.5], 1)
+    torch.testing.assert_close(normalize_pixels(pixels, *pixel_normalization(rgb)), by_hand)
+    torch.testing.assert_close(normalize_pixels(pixels, [0.0], [1.0]), pixels)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -265,7 +265,9 @@ def fine_tune_eval(
     """
     torch.manual_seed(seed)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    config = model.config.__class__.from_dict({**model.config.to_dict(), "num_labels": num_classes})
+    # the pretraining config's label maps (2 default labels) would clash with num_labels, which sets new ones
+    values = {k: v for k, v in model.config.to_dict().items() if k not in ("id2label", "label2id")}
+    config = model.config.__class__.from_dict({**values, "num_labels": num_classes})
     if content_attention is not None:
         config.content_attention = content_attention
     classifier = GenSSLViTForImageClassification(config)

@@ -197,6 +197,25 @@ def test_templates_ship_in_the_package_and_are_linked_from_the_repo_root():
         assert (REPO_ROOT / "model_cards" / f"{name}.md").resolve() == shipped.resolve()
 
 
+def test_the_vision_cards_loading_snippet_runs(tmp_path):
+    """The vision card's "How to load" block runs on a checkpoint saved as pretraining saves it (model + the image
+    processor that fixes its pixel scale)."""
+    from hf_genssl import GenSSLViTConfig, GenSSLViTForPreTraining
+    from hf_genssl.pretraining import PretrainConfig, _image_processor
+
+    config = GenSSLViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=2)
+    GenSSLViTForPreTraining(config).save_pretrained(tmp_path)
+    _image_processor(PretrainConfig(image_size=16)).save_pretrained(tmp_path)
+    fields = {"objective": "masked", "objective_hparams": {}}
+    text = render_model_card("vision_model", repo_id=str(tmp_path), **fields)
+    snippet = re.search(r"## How to load.*?```python\n(.*?)```", text, re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(snippet, "model card", "exec"), namespace)  # noqa: S102 - running the documented code is the test
+    assert namespace["pixel_values"].shape == (1, 1, 16, 16) and float(namespace["pixel_values"].max()) == 0.0
+    assert namespace["features"].shape[-1] == 32
+
+
 def test_the_cards_loading_snippet_runs(checkpoint):
     """The "How to load" code block, pointed at a local copy of the checkpoint, runs as written."""
     text = render_model_card("language_model", **{**CARD_FIELDS, "repo_id": str(checkpoint)})

@@ -283,8 +283,8 @@ def _verdict(better: list[float], worse: list[float], higher_is_better: bool) ->
     return "inconclusive"
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}" if values else "-"
+def _mean_std(values: list[float], digits: int = 3) -> str:
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}" if values else "-"
 
 
 def _by_cell(runs: list[dict], experiment: str) -> dict[str, list[dict]]:
@@ -317,9 +317,9 @@ def _claim(text: str, by_cell: dict[str, list[dict]], better: str, worse: str, v
     return f"Claim \"{text}\": **{verdict}**."
 
 
-def _stat(value):
+def _stat(value, digits: int = 3):
     """A table column: mean ± std over a cell's runs of ``value(run)`` (runs where it is ``None`` are left out)."""
-    return lambda runs: _mean_std([v for r in runs if (v := value(r)) is not None])
+    return lambda runs: _mean_std([v for r in runs if (v := value(r)) is not None], digits)
 
 
 def _table(by_cell: dict[str, list[dict]], columns: dict) -> list[str]:
@@ -395,8 +395,12 @@ def _vision_sections(classification: dict[str, list[dict]], generation: dict[str
         lines.append("")
     if generation:
         lines += ["## ViT reconstruction with 25% of the patches hidden, predicted one after another", "",
-                  *_table(generation, {"L2 (per pixel)": _stat(lambda r: r["l2"]),
+                  *_table(generation, {"L2 (per pixel)": _stat(lambda r: r["l2"], digits=4),
                                        "PSNR (dB)": _stat(lambda r: r["psnr"])})]
+        baselines = [r["baseline_l2"] for runs in generation.values() for r in runs if "baseline_l2" in r]
+        if baselines:
+            lines += ["", f"A constant guess (each hidden pixel = the mean of its image's visible pixels) on the same "
+                          f"images and hidden patches: L2 {_mean_std(baselines, 4)}. A model must beat it."]
         if any(c.startswith("vit_variable") for c in generation) and any(c.startswith("vit_masked") for c in generation):
             variable = _best(generation, "vit_variable", lambda r: r["l2"], lower_is_better=True)
             fixed = _best(generation, "vit_masked", lambda r: r["l2"], lower_is_better=True)

@@ -160,7 +160,10 @@ def reconstruction_eval(
     """The paper's generation test: hide ``hidden_ratio`` of the patches and predict them one after another.
 
     Returns ``{"l2": mean squared error per hidden pixel, "psnr": mean over images of
-    10 log10(data_range^2 / per-image hidden-pixel MSE), "num_images", "hidden_patches"}``. ``pixel_values`` must be
+    10 log10(data_range^2 / per-image hidden-pixel MSE), "baseline_l2", "num_images", "hidden_patches"}``.
+    ``baseline_l2`` is the L2 of a constant guess (every hidden pixel = the mean of its image's visible pixels, per
+    channel) on the same images and hidden patches: a model that does not beat it reconstructs nothing (and a
+    pixel-scale mismatch between pretraining and evaluation shows up as exactly that). ``pixel_values`` must be
     on the model's pretraining scale (see the module docstring); ``mean`` / ``std`` say how they were normalised from
     [0, 1], for the PNG only. ``data_range`` defaults to max - min of ``pixel_values`` (1.0 for [0, 1] pixels).
     ``grid_path`` saves a PNG of the first ``grid_images`` images (masked inputs show hidden patches black).
@@ -179,19 +182,24 @@ def reconstruction_eval(
     per_image = (error.sum(-1) * hidden).sum(1) / (hidden.sum(1) * values_per_patch)
     l2 = float(per_image.mean())
     psnr = float((10 * torch.log10(data_range**2 / per_image.clamp(min=1e-12))).mean())
+    pixels = pixel_values.cpu()
+    hidden_pixels = unpatchify(
+        hidden[:, :, None].float().expand(-1, -1, values_per_patch),
+        config.patch_size,
+        config.num_channels,
+        config.grid_size,
+    ).bool()
+    visible = ~hidden_pixels
+    guess = (pixels * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True)
+    baseline = (((pixels - guess) ** 2) * hidden_pixels).sum((1, 2, 3)) / hidden_pixels.sum((1, 2, 3))
     if grid_path is not None:
         n = min(grid_images, len(pixel_values))
-        originals = pixel_values[:n].cpu()
-        hidden_pixels = unpatchify(
-            hidden[:n, :, None].float().expand(-1, -1, values_per_patch),
-            config.patch_size,
-            config.num_channels,
-            config.grid_size,
-        ).bool()
+        originals = pixels[:n]
         black = normalize_pixels(torch.zeros_like(originals), mean, std)
-        masked = torch.where(hidden_pixels, black, originals)  # hidden patches shown black
+        masked = torch.where(hidden_pixels[:n], black, originals)  # hidden patches shown black
         save_reconstruction_grid(grid_path, originals, masked, recons[:n], mean=mean, std=std)
-    return {"l2": l2, "psnr": psnr, "num_images": len(pixel_values), "hidden_patches": int(hidden[0].sum())}
+    return {"l2": l2, "psnr": psnr, "baseline_l2": float(baseline.mean()), "num_images": len(pixel_values),
+            "hidden_patches": int(hidden[0].sum())}
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -205,3 +205,21 @@ def test_vit_cells_are_evaluated_on_the_pixels_they_were_pretrained_on(tmp_path)
     config = reproduce.pretrain_config(settings, micro, 0, str(tmp_path / "unused"), cache)
     pretrained_on = torch.stack([e["pixel_values"] for e in _image_data(PretrainConfig(**config))[1][:8]])
     torch.testing.assert_close(evaluated, pretrained_on)
+
+
+def test_reconstruction_section_from_hand_written_json(tmp_path):
+    """L2 with 4 decimals (values are ~0.02 on [0, 1] pixels), the constant-guess baseline, and the verdict."""
+    folder = tmp_path / "vision_generation"
+    folder.mkdir()
+    values = {"vit_masked_0.50": (0.020, 0.022), "vit_variable_0.1-0.9": (0.0241, 0.0243)}
+    for cell, l2s in values.items():
+        for seed, l2 in enumerate(l2s):
+            record = {"experiment": "vision_generation", "cell": cell, "seed": seed, "l2": l2, "psnr": 17.0,
+                      "baseline_l2": 0.11 + seed * 0.01, "scale_name": "small", "hardware": "test machine"}
+            (folder / f"{cell}-seed{seed}.json").write_text(json.dumps(record))
+    text = reproduce.summarise(tmp_path, quick=False)
+    assert "| vit_masked_0.50 (2 seeds) | 0.0210 ± 0.0010 | 17.000 ± 0.000 |" in text
+    assert "| vit_variable_0.1-0.9 (2 seeds) | 0.0242 ± 0.0001 |" in text
+    assert "visible pixels) on the same images and hidden patches: L2 0.1150 ± 0.0050." in text
+    # variable is worse by 0.0032, more than the spreads (0.0010 + 0.0001): not held
+    assert "than the best fixed ratio (vit_masked_0.50)\": **not held**" in text

@@ -606,6 +606,10 @@ def test_sequential_reconstruction_matches_a_loop_by_hand(mode, tmp_path):
     metrics = reconstruction_eval(model, images, mode=mode, grid_path=tmp_path / "grid.png")
     l2 = float(((recon - images) ** 2)[~visible].mean())
     assert metrics["l2"] == pytest.approx(l2, rel=1e-4)
+    # the constant-guess baseline, patch by patch: each hidden pixel = the mean of the image's visible pixels
+    patches = patchify(images, PATCH)
+    by_hand = [((patches[b][hidden[b]] - patches[b][~hidden[b]].mean()) ** 2).mean() for b in range(3)]
+    assert metrics["baseline_l2"] == pytest.approx(float(torch.stack(by_hand).mean()), rel=1e-5)
     assert math.isfinite(metrics["psnr"]) and metrics["hidden_patches"] == 4
     from PIL import Image
 

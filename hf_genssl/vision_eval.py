@@ -106,11 +106,9 @@ def reconstruct(
 
 
 def _to_uint8(images: torch.Tensor, mean: float | list[float], std: float | list[float]) -> torch.Tensor:
-    """``(B, C, H, W)`` normalised -> ``(B, H, W, C)`` uint8."""
-    c = images.shape[1]
-    mean_t = torch.as_tensor(mean, dtype=images.dtype).reshape(-1, 1, 1).expand(c, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype).reshape(-1, 1, 1).expand(c, 1, 1)
-    pixels = (images.cpu() * std_t + mean_t).clamp(0, 1)
+    """``(B, C, H, W)`` normalised -> ``(B, H, W, C)`` uint8 (the inverse of :func:`normalize_pixels`, then x 255)."""
+    images = images.cpu()
+    pixels = (images * _per_channel(std, images) + _per_channel(mean, images)).clamp(0, 1)
     return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
@@ -177,12 +175,12 @@ def reconstruction_eval(
             for i in range(0, len(pixel_values), batch_size)
         ]
     )
-    error = (patchify(recons, config.patch_size) - patchify(pixel_values.cpu(), config.patch_size)) ** 2
+    pixels = pixel_values.cpu()
+    error = (patchify(recons, config.patch_size) - patchify(pixels, config.patch_size)) ** 2
     values_per_patch = config.patch_size**2 * config.num_channels
     per_image = (error.sum(-1) * hidden).sum(1) / (hidden.sum(1) * values_per_patch)
     l2 = float(per_image.mean())
     psnr = float((10 * torch.log10(data_range**2 / per_image.clamp(min=1e-12))).mean())
-    pixels = pixel_values.cpu()
     hidden_pixels = unpatchify(
         hidden[:, :, None].float().expand(-1, -1, values_per_patch),
         config.patch_size,
@@ -330,11 +328,14 @@ def pixel_normalization(image_processor) -> tuple[list[float], list[float]]:
     return per_channel(image_processor.image_mean), per_channel(image_processor.image_std)
 
 
+def _per_channel(value: float | list[float], like: torch.Tensor) -> torch.Tensor:
+    """``value`` (one number, or one per channel) as a ``(C or 1, 1, 1)`` tensor broadcasting over ``(B, C, H, W)``."""
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
+
+
 def normalize_pixels(pixels: torch.Tensor, mean: float | list[float], std: float | list[float]) -> torch.Tensor:
     """``(pixels - mean) / std`` per channel, for ``(B, C, H, W)`` pixels in [0, 1]."""
-    mean_t = torch.as_tensor(mean, dtype=pixels.dtype).reshape(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=pixels.dtype).reshape(-1, 1, 1)
-    return (pixels - mean_t) / std_t
+    return (pixels - _per_channel(mean, pixels)) / _per_channel(std, pixels)
 
 
 def images_to_tensors(

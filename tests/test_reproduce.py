@@ -12,16 +12,17 @@ from hf_genssl import reproduce
 
 pytestmark = pytest.mark.slow
 
+MICRO_VIT_PRETRAIN = {"image_dataset": "mnist_5k", "max_images": 128, "max_steps": 3, "hidden_size": 32,
+                      "num_hidden_layers": 1, "batch_size": 8, "eval_every": 3, "save_every": 1000}
+
 
 def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
     cache = os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache")
     micro = reproduce.Scale({"max_steps": 4, "hidden_size": 32, "num_hidden_layers": 1, "vocab_size": 600,
                              "max_docs": 3, "batch_size": 4, "seq_len": 32, "eval_every": 4, "save_every": 1000},
                             finetune_epochs=1, finetune_samples=64, ppl_texts=1, seeds=2,
-                            vit_pretrain={"image_dataset": "mnist_5k", "max_images": 128, "max_steps": 3,
-                                          "hidden_size": 32, "num_hidden_layers": 1, "batch_size": 8,
-                                          "eval_every": 3, "save_every": 1000},
-                            vit_images=64, vit_finetune_epochs=1, ood_texts=4, connectivity_samples=12)
+                            vit_pretrain=MICRO_VIT_PRETRAIN, vit_images=64, vit_finetune_epochs=1, ood_texts=4,
+                            connectivity_samples=12)
     monkeypatch.setitem(reproduce.SCALES, "quick", micro)
     monkeypatch.setattr(reproduce, "TASKS", ("rt-polarity",))
     monkeypatch.setattr(reproduce, "CLASSIFICATION_CELLS",
@@ -189,9 +190,7 @@ def test_vit_cells_are_evaluated_on_the_pixels_they_were_pretrained_on(tmp_path)
 
     cache = os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache")
     micro = reproduce.Scale({}, finetune_epochs=1, finetune_samples=None, ppl_texts=1, seeds=1,
-                            vit_pretrain={"image_dataset": "mnist_5k", "max_images": 16, "max_steps": 1,
-                                          "hidden_size": 32, "num_hidden_layers": 1, "batch_size": 8,
-                                          "eval_every": 1, "save_every": 1000},
+                            vit_pretrain={**MICRO_VIT_PRETRAIN, "max_images": 16, "max_steps": 1, "eval_every": 1},
                             vit_images=8, name="micro")
     cell = "vit_masked_0.75"
     settings = reproduce.VISION_GENERATION_CELLS[cell]

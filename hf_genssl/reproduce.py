@@ -39,6 +39,10 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the model modules import torch: loaded only when an experiment runs
+    from .modeling_genssl_vit import GenSSLViTForPreTraining
 
 __all__ = ["EXPERIMENTS", "SCALES", "load_definitions", "run_reproduce", "summarise"]
 
@@ -219,7 +223,7 @@ def _image_tensors(scale: Scale, cache_dir) -> dict:
 class _PretrainedViT:
     """A cell's pretrained ViT, the evaluation images on its pixel scale, and that scale (``mean`` / ``std``)."""
 
-    model: object
+    model: GenSSLViTForPreTraining
     images: dict
     mean: list[float]
     std: list[float]
@@ -478,7 +482,12 @@ RUNNERS = {"classification": run_classification, "generation": run_generation,
 def default_out(scale: str = "default", quick: bool = False) -> str:
     """Where a scale's results go unless told otherwise: ``results/<scale>`` (one folder per scale, because a
     resumed run skips the cells it finds)."""
-    return f"results/{'quick' if quick else scale}"
+    return f"results/{_scale_name(scale, quick)}"
+
+
+def _scale_name(scale: str, quick: bool) -> str:
+    """``--quick`` is its own scale (``quick`` in the definitions), whatever ``--scale`` says."""
+    return "quick" if quick else scale
 
 
 def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: bool = False,
@@ -493,11 +502,11 @@ def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: boo
         raise ValueError(f"Unknown experiments {sorted(unknown)}; choose from {list(RUNNERS)}.")
     if not SCALES:
         load_definitions()  # raises, saying where the definitions should be
-    name = "quick" if quick else scale
+    name = _scale_name(scale, quick)
     if name not in SCALES:
         raise ValueError(f"Unknown scale {scale!r}; choose from {list(SCALES)}.")
     chosen = replace(SCALES[name], name=name)
-    out = Path(out_dir or default_out(scale, quick))
+    out = Path(out_dir or default_out(name))
     out.mkdir(parents=True, exist_ok=True)
     runners = {**RUNNERS, "classification": partial(run_classification, tasks=TASKS + (GLUE_TASKS if glue else ()))}
     for experiment in EXPERIMENTS:

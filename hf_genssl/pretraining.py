@@ -37,6 +37,18 @@ __all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "parse_overrides", "ru
 
 logger = logging.getLogger(__name__)
 
+
+class _TiedHeadSaveFilter(logging.Filter):
+    """Drops Accelerate's "Removed shared tensor {'lm_head.weight'} while saving" warning, printed at every
+    checkpoint: the head is tied to the embedding on purpose and ``from_pretrained`` / ``load_state`` tie it
+    again (tests/test_pretrain.py resumes from such a checkpoint bit-identically). Other shared tensors still warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadSaveFilter())
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 # Keys that may change between a run and its resumption (they do not change what is trained).
@@ -253,7 +265,9 @@ def _tokenizer(cfg: PretrainConfig, train_texts: list[str], run_dir: Path, accel
 def _blocks(tokenizer, texts: list[str], block: int) -> list[list[int]]:
     """Concatenate the texts (EOS between documents) and cut them into blocks of ``block`` tokens."""
     ids: list[int] = []
-    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+    # verbose=False: documents longer than model_max_length are fine here (they are cut into blocks below), so
+    # the tokenizer's "longer than the specified maximum sequence length" warning would only mislead.
+    for encoded in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
         ids.extend(encoded)
         ids.append(tokenizer.eos_token_id)
     return [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]

@@ -197,3 +197,18 @@ def test_cli_push_flags_reach_the_config(monkeypatch, tmp_path):
     assert cli.main(["pretrain", "--config", "tiny", "--output-dir", str(tmp_path), "--push-to-hub",
                      "--hub-model-id", "you/tiny", "--override", "max_steps=3"]) == 0
     assert seen == {"max_steps": 3, "output_dir": str(tmp_path), "push_to_hub": True, "hub_model_id": "you/tiny"}
+
+
+def test_only_the_tied_head_save_warning_is_silenced(caplog):
+    """Accelerate warns at every checkpoint that the tied ``lm_head.weight`` was dropped (harmless: the resume test
+    above is bit-identical); pretraining silences that one message, and a genuinely shared pair still warns. (Importing ``hf_genssl.pretraining``, above, installs the filter.)"""
+    from accelerate.state import PartialState
+    from accelerate.utils.other import clean_state_dict_for_safetensors
+
+    PartialState()
+    shared = torch.zeros(3)
+    with caplog.at_level("WARNING", logger="accelerate.utils.other"):
+        clean_state_dict_for_safetensors({"model.embed_tokens.weight": shared, "lm_head.weight": shared})
+        assert not caplog.records
+        clean_state_dict_for_safetensors({"a": shared, "b": shared})
+    assert len(caplog.records) == 1 and "Removed shared tensor {'b'}" in caplog.records[0].getMessage()

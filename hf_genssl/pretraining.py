@@ -133,12 +133,24 @@ def _semi_ar(group_size_of: Callable[[PretrainConfig], Any]):
     return make
 
 
+def _check_ratio_range(cfg: PretrainConfig, fixed: bool) -> tuple[float, float]:
+    """``(lo, hi)``; a fixed objective needs ``lo == hi``, a variable one ``lo < hi`` (the config's default,
+    [0.15, 0.15], would otherwise silently turn ``variable_masked`` into BERT's fixed ratio)."""
+    lo, hi = cfg.mask_ratio_range
+    if fixed and lo != hi:
+        raise ValueError(f"objective {cfg.objective!r} uses one fixed ratio; got mask_ratio_range="
+                         f"{cfg.mask_ratio_range} (use objective '{cfg.objective.replace('masked', 'variable_masked')}' "
+                         "for a range).")
+    if not fixed and lo == hi:
+        raise ValueError(f"objective {cfg.objective!r} draws the mask ratio from a range; got mask_ratio_range="
+                         f"{cfg.mask_ratio_range}: set e.g. [0.15, 0.5] (text) or [0.1, 0.9] (images), or use objective "
+                         f"'{cfg.objective.replace('variable_masked', 'masked')}' for one fixed ratio.")
+    return lo, hi
+
+
 def _masked(fixed: bool):
     def make(cfg: PretrainConfig, tokenizer, seed: int):
-        lo, hi = cfg.mask_ratio_range
-        if fixed and lo != hi:
-            raise ValueError(f"objective 'masked' uses one fixed ratio; got mask_ratio_range={cfg.mask_ratio_range} "
-                             "(use objective 'variable_masked' for a range).")
+        lo, hi = _check_ratio_range(cfg, fixed)
         return DataCollatorForVariableLengthMasking(tokenizer=tokenizer, mask_ratio_range=(lo, hi), seed=seed)
     return make
 
@@ -156,9 +168,7 @@ def _image_masked(fixed: bool):
     def make(cfg: PretrainConfig, processor, seed: int):
         from .image_collators import DataCollatorForVariableLengthImageMasking
 
-        lo, hi = cfg.mask_ratio_range
-        if fixed and lo != hi:
-            raise ValueError(f"objective 'vit_masked' uses one fixed ratio; got mask_ratio_range={cfg.mask_ratio_range}.")
+        lo, hi = _check_ratio_range(cfg, fixed)
         return DataCollatorForVariableLengthImageMasking(patch_size=cfg.patch_size, mask_ratio_range=(lo, hi), seed=seed)
     return make
 

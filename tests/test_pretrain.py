@@ -93,6 +93,12 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="fixed ratio"):
         run_pretraining({**TINY, "objective": "masked", "mask_ratio_range": [0.1, 0.5], "max_steps": 1,
                          "output_dir": str(tmp_path / "m")})
+    # the config's default range is BERT's fixed [0.15, 0.15]: a variable objective must not run on it silently
+    with pytest.raises(ValueError, match=r"draws the mask ratio from a range.*use objective 'masked'"):
+        run_pretraining({**TINY, "objective": "variable_masked", "max_steps": 1, "output_dir": str(tmp_path / "v")})
+    with pytest.raises(ValueError, match=r"use objective 'vit_masked'"):
+        run_pretraining({**TINY, "objective": "vit_variable_masked", "mask_ratio_range": [0.5, 0.5], "max_steps": 1,
+                         "output_dir": str(tmp_path / "vv")})
 
 
 def test_shipped_configs_load():

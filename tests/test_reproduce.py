@@ -93,6 +93,30 @@ def test_readme_results_section_matches_the_committed_results():
     assert block == reproduce.readme_block(root / folder, link_prefix=folder)
 
 
+@pytest.mark.parametrize("experiment,metric,collator", [
+    ("generation", "perplexity", "hf_genssl.collators:DataCollatorForVariableLengthMasking"),
+    ("vision_generation", "l2", "hf_genssl.image_collators:DataCollatorForVariableLengthImageMasking"),
+])
+def test_default_mask_ratio_ranges_are_the_best_committed_variable_cells(experiment, metric, collator):
+    """The collators' default ranges were chosen by the default-scale experiments: the variable cell with the lowest
+    mean (prefix perplexity in domain / reconstruction L2) over its committed seeds has the default's range."""
+    import dataclasses
+    import importlib
+    import statistics
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "default" / experiment
+    by_range: dict[tuple, list[float]] = {}
+    for path in folder.glob("*.json"):
+        run = json.loads(path.read_text())
+        if run["settings"]["objective"].endswith("variable_masked"):
+            by_range.setdefault(tuple(run["settings"]["mask_ratio_range"]), []).append(run[metric])
+    assert len(by_range) >= 2 and all(len(v) >= 3 for v in by_range.values()), by_range
+    best = min(by_range, key=lambda r: statistics.mean(by_range[r]))
+    module, name = collator.split(":")
+    default = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    assert tuple(default["mask_ratio_range"]) == best, (best, by_range)
+
+
 @pytest.mark.parametrize("scale", list(reproduce.SCALES))
 def test_every_cell_of_every_scale_is_a_valid_pretraining_config(scale):
     """A typo in a cell (an invalid ratio range, an unknown key) fails here, not hours into `genssl reproduce`."""

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="results folder (default: results/<scale>; a resumed run skips the cells in it)")
     p.add_argument("--quick", action="store_true", help="a smoke run of the same code path (not evidence)")
     p.add_argument("--scale", default="default", choices=["small", "default", "gpu"],
-                   help="small: ~25 min on 2 CPU cores; default: 6-9 hours (resumable); gpu: one large GPU")
+                   help="small: ~25 min on 2 CPU cores; default: ~5 hours (resumable); gpu: one large GPU")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     p.add_argument("--cache-dir")
     p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block")

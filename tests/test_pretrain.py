@@ -207,7 +207,8 @@ def test_cli_push_flags_reach_the_config(monkeypatch, tmp_path):
 
 def test_only_the_tied_head_save_warning_is_silenced(caplog):
     """Accelerate warns at every checkpoint that the tied ``lm_head.weight`` was dropped (harmless: the resume test
-    above is bit-identical); pretraining silences that one message, and a genuinely shared pair still warns. (Importing ``hf_genssl.pretraining``, above, installs the filter.)"""
+    above is bit-identical); pretraining silences that one message, and a genuinely shared pair still warns.
+    (Importing ``hf_genssl.pretraining``, at the top of this file, installs the filter.)"""
     from accelerate.state import PartialState
     from accelerate.utils.other import clean_state_dict_for_safetensors
 

@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,17 @@ class _TiedHeadSaveFilter(logging.Filter):
         return "Removed shared tensor {'lm_head.weight'} while saving" not in record.getMessage()
 
 
-logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadSaveFilter())
+@contextmanager
+def _tied_head_save_warning_silenced():
+    """:class:`_TiedHeadSaveFilter` on Accelerate's saving logger for the duration of our own checkpoint save only
+    (installed at import it would also silence a user's unrelated Accelerate runs)."""
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    quiet = _TiedHeadSaveFilter()
+    accelerate_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        accelerate_logger.removeFilter(quiet)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -337,7 +348,8 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, cfg: PretrainConfig)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _tied_head_save_warning_silenced():
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {"step": step, "fingerprint": cfg.fingerprint(), "config": cfg.training_dict()}

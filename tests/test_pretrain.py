@@ -207,15 +207,21 @@ def test_cli_push_flags_reach_the_config(monkeypatch, tmp_path):
 
 def test_only_the_tied_head_save_warning_is_silenced(caplog):
     """Accelerate warns at every checkpoint that the tied ``lm_head.weight`` was dropped (harmless: the resume test
-    above is bit-identical); pretraining silences that one message, and a genuinely shared pair still warns.
-    (Importing ``hf_genssl.pretraining``, at the top of this file, installs the filter.)"""
+    above is bit-identical); pretraining silences that one message while it saves a checkpoint, and only then: a
+    genuinely shared pair still warns, and outside the save the tied head warns as Accelerate made it."""
     from accelerate.state import PartialState
     from accelerate.utils.other import clean_state_dict_for_safetensors
 
+    from hf_genssl.pretraining import _tied_head_save_warning_silenced
+
     PartialState()
     shared = torch.zeros(3)
+    tied = {"model.embed_tokens.weight": shared, "lm_head.weight": shared}
     with caplog.at_level("WARNING", logger="accelerate.utils.other"):
-        clean_state_dict_for_safetensors({"model.embed_tokens.weight": shared, "lm_head.weight": shared})
-        assert not caplog.records
-        clean_state_dict_for_safetensors({"a": shared, "b": shared})
-    assert len(caplog.records) == 1 and "Removed shared tensor {'b'}" in caplog.records[0].getMessage()
+        with _tied_head_save_warning_silenced():
+            clean_state_dict_for_safetensors(dict(tied))
+            assert not caplog.records
+            clean_state_dict_for_safetensors({"a": shared, "b": shared})
+        assert len(caplog.records) == 1 and "Removed shared tensor {'b'}" in caplog.records[0].getMessage()
+        clean_state_dict_for_safetensors(dict(tied))
+    assert len(caplog.records) == 2 and "Removed shared tensor {'lm_head.weight'}" in caplog.records[1].getMessage()

@@ -3,7 +3,9 @@
 * :func:`group_parallel_generate` - for (semi-)autoregressive two-stream checkpoints: emits ``group_size``
   tokens per forward pass. Each pass carries the content rows of the group just emitted (written to the
   KV cache) *and* the query rows of the next group, which see the cache plus that group, exactly as
-  pretraining with groups of that size showed them. ``group_size=1`` is ordinary greedy/sampled decoding.
+  pretraining with groups of that size showed them. It runs through ``GenerationMixin.generate`` with its
+  own loop as ``custom_generate``, so ``GenerationConfig``, logits processors and warpers, stopping criteria,
+  streamers and ``return_dict_in_generate`` are transformers' own.
 * :func:`unmasking_generate` - for masked (bidirectional) checkpoints: appends ``[MASK]`` tokens and fills
   them left to right one at a time, or most-confident first, several per pass.
 
@@ -13,18 +15,25 @@ transformers' own logits warpers.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
+from transformers import GenerationConfig, GenerationMixin
 from transformers.cache_utils import DynamicCache
+from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, StoppingCriteriaList
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.generation.streamers import BaseStreamer
 
-__all__ = ["group_parallel_generate", "unmasking_generate", "select_tokens"]
+__all__ = ["group_parallel_generate", "group_parallel_decode", "unmasking_generate", "select_tokens"]
+
+# The output field of the KV cache: ``cache`` from transformers 5.24 on, ``past_key_values`` before.
+CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 def select_tokens(
@@ -69,86 +78,186 @@ def _backbone_and_head(model):
     return model.model, model.lm_head
 
 
-@torch.no_grad()
+# What ``generate(group_size=g)`` can do, said in every error about what it cannot.
+GROUP_DECODING_SUPPORTS = (
+    "greedy decoding and sampling (do_sample, temperature, top_k, top_p, min_p, typical_p, ...), every logits "
+    "processor (repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, logits_processor=...), "
+    "stopping criteria (max_length / max_new_tokens, eos_token_id, stop_strings, stopping_criteria=...), "
+    "streamer, num_return_sequences, generator, and return_dict_in_generate with output_scores / output_logits"
+)
+
+
+def _unsupported(what: str, group_size: int) -> ValueError:
+    return ValueError(
+        f"generate(group_size={group_size}) cannot do {what}: the tokens of a group are predicted together from "
+        f"earlier groups only. It supports {GROUP_DECODING_SUPPORTS}. For {what}, call generate without group_size "
+        "(transformers' own decoding, one token per forward pass)."
+    )
+
+
 def group_parallel_generate(
     model,
-    input_ids: torch.LongTensor,
-    attention_mask: torch.Tensor | None = None,
-    max_new_tokens: int = 32,
+    inputs: torch.LongTensor | None = None,
     group_size: int = 2,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | None = None,
-    pad_token_id: int | None = None,
+    generation_config: GenerationConfig | None = None,
+    logits_processor: LogitsProcessorList | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
+    streamer: BaseStreamer | None = None,
     generator: torch.Generator | None = None,
-) -> torch.LongTensor:
+    **kwargs,
+) -> GenerateDecoderOnlyOutput | torch.LongTensor:
     """Generate ``group_size`` tokens per forward pass from a two-stream (semi-)AR checkpoint.
 
-    The prompt (left padding allowed, with ``attention_mask``) is encoded causally. Then every pass feeds the
-    last emitted group as content (all of it in one group, positions s..s+n-1) together with query rows at
-    the next n positions, which see everything before them; the n tokens they predict are chosen in
-    parallel, so the tokens of one group do not see each other. Quality drops as ``group_size`` grows past
-    the group size the model was pretrained with.
+    Takes what ``GenerationMixin.generate`` takes (a ``GenerationConfig`` or its fields as keyword arguments,
+    ``logits_processor``, ``stopping_criteria``, ``streamer``, ``attention_mask`` with left padding, ...) and runs
+    through ``generate`` itself: transformers prepares the generation config, the special tokens, the logits
+    processors and warpers and the stopping criteria, and :func:`group_parallel_decode` replaces only the decoding
+    loop (``custom_generate``). ``generator`` seeds the sampling. Returns what ``generate`` returns: the sequences,
+    or a ``GenerateDecoderOnlyOutput`` with ``return_dict_in_generate=True``.
 
-    Returns the prompt followed by the new tokens (``pad_token_id`` after an ``eos_token_id``).
+    Beam search, contrastive search, DoLa and assisted decoding rank or verify one token per pass and cannot apply
+    to tokens emitted together: they raise a ``ValueError`` (use ``generate`` without ``group_size``).
     """
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}.")
+    if model.config.content_attention != "causal":
+        raise ValueError(
+            "Group-parallel decoding needs a causal (AR / semi-AR) checkpoint; generate from a masked checkpoint "
+            "with GenSSLForMaskedLM.generate (iterative unmasking)."
+        )
+    for name in ("assistant_model", "prompt_lookup_num_tokens", "custom_generate", "assistant_early_exit"):
+        if kwargs.get(name) is not None:
+            raise _unsupported(f"{name} (assisted or custom decoding)", group_size)
+    for name in ("output_attentions", "output_hidden_states"):
+        if kwargs.get(name) or (generation_config is not None and getattr(generation_config, name, False)):
+            raise _unsupported(f"{name} (a pass returns the rows of a whole group, not one token's)", group_size)
+    decode = functools.partial(group_parallel_decode, group_size=group_size, streamer=streamer, generator=generator)
+    return GenerationMixin.generate(
+        model,
+        inputs,
+        generation_config=generation_config,
+        logits_processor=logits_processor,
+        stopping_criteria=stopping_criteria,
+        streamer=streamer,  # generate streams the prompt; the partial hands the streamer to the loop
+        custom_generate=decode,
+        **kwargs,
+    )
+
+
+@torch.no_grad()
+def group_parallel_decode(
+    model,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    group_size: int = 2,
+    streamer: BaseStreamer | None = None,
+    generator: torch.Generator | None = None,
+    **model_kwargs,
+) -> GenerateDecoderOnlyOutput | torch.LongTensor:
+    """The decoding loop of :func:`group_parallel_generate` (a ``custom_generate`` callable for ``generate``).
+
+    The prompt (left padding allowed) is encoded causally. Then every pass feeds the last emitted group as content
+    (all of it in ONE group, at the positions it was predicted at, so its tokens see each other as in pretraining)
+    together with query rows at the next ``group_size`` positions, which see everything before them. The logits of a
+    pass are computed together; the tokens are then chosen left to right, each with the logits processors and
+    stopping criteria seeing the sequence so far (incl. the group's earlier tokens), exactly as in ``_sample``: so
+    ``scores`` has one entry per new token, a repetition penalty sees the group's earlier tokens, and generation
+    stops at the token where a stopping criterion fires, even inside a group. Quality drops as ``group_size`` grows
+    past the group size the model was pretrained with.
+    """
+    mode = generation_config.get_generation_mode()
+    if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
+        raise _unsupported(mode.value.replace("_", " "), group_size)
     backbone, head = _backbone_and_head(model)
     config = backbone.config
-    if config.content_attention != "causal":
-        raise ValueError("Group-parallel decoding needs a causal (AR / semi-AR) checkpoint; use unmasking_generate.")
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}.")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    eos_token_id = config.eos_token_id if eos_token_id is None else eos_token_id
-    pad_token_id = config.pad_token_id if pad_token_id is None else pad_token_id
-    batch_size = input_ids.shape[0]
-    device = input_ids.device
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
-    if int(mask.sum(1).max()) + max_new_tokens > config.max_position_embeddings:
-        raise ValueError(
-            f"prompt + max_new_tokens exceeds max_position_embeddings={config.max_position_embeddings}."
-        )
+    cache = model_kwargs.pop("cache", None)
+    if cache is None:
+        cache = DynamicCache(config=config)
+    elif not isinstance(cache, DynamicCache) or cache.get_seq_length() > 0:
+        raise _unsupported("decoding into a given or pre-filled cache (pass no cache)", group_size)
+    mask = model_kwargs.pop("attention_mask", None)
+    for name in ("position_ids", "logits_to_keep", "use_cache"):  # prepared by generate for the one-token path
+        model_kwargs.pop(name, None)
+    unknown = [name for name, value in model_kwargs.items() if value is not None]
+    if unknown:
+        raise _unsupported(f"the model inputs {unknown}", group_size)
 
-    cache = DynamicCache(config=config)
+    batch_size, device = input_ids.shape[0], input_ids.device
+    mask = torch.ones_like(input_ids) if mask is None else mask.long()
+    longest = int(mask.sum(1).max()) + generation_config.max_length - input_ids.shape[1]
+    if longest > config.max_position_embeddings:
+        raise ValueError(
+            f"prompt + new tokens ({longest}) exceeds max_position_embeddings={config.max_position_embeddings}; "
+            "lower max_new_tokens / max_length or shorten the prompt."
+        )
+    pad_token_id = generation_config._pad_token_tensor
+    has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+    keep_scores = generation_config.return_dict_in_generate and generation_config.output_scores
+    keep_logits = generation_config.return_dict_in_generate and generation_config.output_logits
+    scores = () if keep_scores else None
+    raw_logits = () if keep_logits else None
+    unfinished = torch.ones(batch_size, dtype=torch.long, device=device)
+
     content_ids = input_ids
     content_positions = backbone._positions(mask, 0)
     content_gids = content_positions  # the prompt is encoded causally, one token per group
     next_position = content_positions[:, -1:] + 1
-    sequences, finished = input_ids, torch.zeros(batch_size, dtype=torch.bool, device=device)
-    produced = 0
-    while produced < max_new_tokens:
-        n = min(group_size, max_new_tokens - produced)
+    done = False
+    while not done:
+        n = min(group_size, generation_config.max_length - input_ids.shape[1])
+        if n < 1:  # the prompt already fills max_length (generate has warned)
+            break
         query_positions = next_position + torch.arange(n, device=device)
         outputs = backbone(
             content_ids,
             attention_mask=mask,
             group_ids=content_gids,
             position_ids=content_positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             return_content_stream=False,
             query_group_ids=next_position.expand(batch_size, n),
             query_position_ids=query_positions,
         )
-        logits = _vocab_logits(head, outputs.query_hidden_state)
-        tokens = select_tokens(logits, do_sample, temperature, top_k, top_p, generator)
-        if eos_token_id is not None:
-            after_eos = (tokens == eos_token_id).long().cumsum(1) - (tokens == eos_token_id).long() > 0
-            tokens = tokens.masked_fill(finished[:, None] | after_eos, pad_token_id)
-            finished = finished | (tokens == eos_token_id).any(1)
-        sequences = torch.cat([sequences, tokens], dim=1)
-        produced += n
-        if bool(finished.all()):
-            break
-        # The group just emitted becomes content: one group (it sees itself), positions it was predicted at.
-        content_ids, content_positions = tokens, query_positions
+        group_logits = _vocab_logits(head, outputs.query_hidden_state).float()
+        for j in range(n):
+            next_logits = group_logits[:, j]
+            next_scores = logits_processor(input_ids, next_logits)
+            if keep_scores:
+                scores += (next_scores,)
+            if keep_logits:
+                raw_logits += (next_logits,)
+            if generation_config.do_sample:
+                next_tokens = torch.multinomial(next_scores.softmax(-1), 1, generator=generator).squeeze(1)
+            else:
+                next_tokens = next_scores.argmax(-1)
+            if has_eos_stopping_criteria:  # finished sequences get padding
+                next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
+            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+            if streamer is not None:
+                streamer.put(next_tokens.cpu())
+            unfinished = unfinished & ~stopping_criteria(input_ids, scores)
+            if int(unfinished.max()) == 0:
+                done = True
+                break
+        # The group just emitted becomes content: one group (it sees itself), at the positions it was predicted at.
+        content_ids, content_positions = input_ids[:, -n:], query_positions
         content_gids = next_position.expand(batch_size, n)
         mask = torch.cat([mask, torch.ones(batch_size, n, dtype=mask.dtype, device=device)], dim=1)
         next_position = next_position + n
-    return sequences
+
+    if streamer is not None:
+        streamer.end()
+    if not generation_config.return_dict_in_generate:
+        return input_ids
+    return GenerateDecoderOnlyOutput(
+        sequences=input_ids,
+        scores=scores,
+        logits=raw_logits,
+        **{CACHE_FIELD: cache if generation_config.use_cache else None},
+    )
 
 
 @torch.no_grad()

@@ -403,15 +403,23 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
     def generate(self, inputs: torch.Tensor | None = None, *args, group_size: int | None = None, **kwargs):
         """``GenerationMixin.generate``, plus group-parallel decoding with ``group_size=g``.
 
-        With ``group_size`` set, ``g`` tokens are emitted per forward pass (see
-        :func:`hf_genssl.decoding.group_parallel_generate`; supported options: ``attention_mask``,
-        ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``eos_token_id``,
-        ``pad_token_id``, ``generator``). ``group_size=1`` gives the tokens of ordinary greedy decoding.
+        Without ``group_size`` (or with ``group_size=1``) this is transformers' own ``generate`` with the KV cache:
+        greedy, sampling, beam search, assisted decoding, ... With ``group_size=g > 1``, ``g`` tokens are emitted per
+        forward pass (see :func:`hf_genssl.decoding.group_parallel_generate`); the same ``GenerationConfig``, logits
+        processors, stopping criteria, streamer and ``return_dict_in_generate`` apply, plus ``generator=`` to seed
+        the sampling. What cannot apply to tokens emitted together (beam search, contrastive, assisted decoding)
+        raises a ``ValueError`` that lists what is supported.
         """
-        if group_size is None:
+        if group_size is None or group_size == 1:
+            if kwargs.get("generator") is not None:
+                raise ValueError("generator= seeds group-parallel decoding (group_size > 1); transformers' generate "
+                                 "samples from the global RNG: seed it with transformers.set_seed / torch.manual_seed.")
             return super().generate(inputs, *args, **kwargs)
-        if inputs is None:
-            inputs = kwargs.pop("input_ids")
+        if args:  # generate's positional order: inputs, generation_config, logits_processor, stopping_criteria
+            names = ("generation_config", "logits_processor", "stopping_criteria")
+            if len(args) > len(names):
+                raise TypeError("With group_size, pass generate's options after the inputs as keyword arguments.")
+            kwargs.update(zip(names, args, strict=False))
         return group_parallel_generate(self, inputs, group_size=group_size, **kwargs)
 
     def forward(

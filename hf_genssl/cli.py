@@ -48,7 +48,8 @@ def cmd_eval_ppl(args: argparse.Namespace) -> int:
 
     texts, source = _read_texts(args.data, args.limit, args.cache_dir)
     result = prefix_perplexity(args.model, texts, window=args.window, stride=args.stride,
-                               batch_size=args.batch_size, bucket_size=args.bucket_size, progress=True)
+                               batch_size=args.batch_size, bucket_size=args.bucket_size, progress=True,
+                               trust_remote_code=args.trust_remote_code)
     summary = {"model": args.model, "data": source, "texts": len(texts), **result.to_dict()}
     print(f"prefix perplexity {result.perplexity:.2f} ({result.method}) on {source}: {result.tokens_scored} tokens "
           f"in {result.windows} windows of {result.window} (stride {result.stride})")
@@ -65,15 +66,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    config = AutoConfig.from_pretrained(args.model, trust_remote_code=True)
+    from hf_genssl.hub import from_pretrained
+
+    trust = args.trust_remote_code
+    config = from_pretrained(AutoConfig, args.model, trust_remote_code=trust)
+    tokenizer = from_pretrained(AutoTokenizer, args.model, trust_remote_code=trust)
     ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
     options = dict(do_sample=args.sample, top_k=args.top_k, top_p=args.top_p)
     if getattr(config, "content_attention", "causal") == "bidirectional":
-        model = AutoModelForMaskedLM.from_pretrained(args.model, trust_remote_code=True).eval()
+        model = from_pretrained(AutoModelForMaskedLM, args.model, trust_remote_code=trust).eval()
         out = model.generate(ids, max_new_tokens=args.max_new_tokens, strategy=args.strategy, **options)
     else:
-        model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
+        model = from_pretrained(AutoModelForCausalLM, args.model, trust_remote_code=trust).eval()
         out = model.generate(ids, max_new_tokens=args.max_new_tokens, group_size=args.group_size, **options)
     print(tokenizer.decode(out[0], skip_special_tokens=True))
     return 0
@@ -105,7 +109,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = run_finetuning({"model": args.model, "task": args.task, "output_dir": args.output_dir,
                              "epochs": args.epochs, "learning_rate": args.learning_rate,
                              "batch_size": args.batch_size, "max_train_samples": args.max_train_samples,
-                             "lora": args.lora, "push_to_hub": args.push_to_hub, "hub_model_id": args.hub_model_id})
+                             "lora": args.lora, "push_to_hub": args.push_to_hub, "hub_model_id": args.hub_model_id,
+                             "trust_remote_code": args.trust_remote_code})
     print(json.dumps(result["final"], indent=2))
     return 0
 
@@ -134,6 +139,12 @@ def cmd_theory(args: argparse.Namespace) -> int:
     from hf_genssl import theory
 
     return theory.main(["--out", args.out]) or 0
+
+
+def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run Python code shipped with the checkpoint (never needed for GenSSL checkpoints; "
+                             "only for checkpoints whose author you trust)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true")
     p.add_argument("--push-to-hub", action="store_true")
     p.add_argument("--hub-model-id")
+    _add_trust_flag(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("eval-ppl", help="exact prefix perplexity of a checkpoint (the paper's Eq. 2)")
@@ -181,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N texts")
     p.add_argument("--cache-dir", help="data cache (default: $GENSSL_CACHE or ~/.cache/hf_genssl)")
     p.add_argument("--out", help="write prefix_perplexity.json and .png here")
+    _add_trust_flag(p)
     p.set_defaults(func=cmd_eval_ppl)
 
     p = sub.add_parser("generate", help="generate text from a checkpoint")
@@ -193,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+    _add_trust_flag(p)
     p.set_defaults(func=cmd_generate)
 
     from hf_genssl.reproduce import EXPERIMENTS

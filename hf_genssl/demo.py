@@ -50,7 +50,7 @@ def run_demo(output_dir: str = "runs/demo", steps: int | None = None, finetune: 
 
     final = pretrained["final_dir"]
     tokenizer = AutoTokenizer.from_pretrained(final)
-    model = AutoModelForCausalLM.from_pretrained(final, trust_remote_code=True).eval()
+    model = AutoModelForCausalLM.from_pretrained(final).eval()  # hf_genssl's registered class, not the copied code
     prompt = "My fellow citizens, the state of our Union"
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     samples = {}

@@ -43,6 +43,7 @@ class FinetuneConfig:
     cache_dir: str | None = None
     push_to_hub: bool = False
     hub_model_id: str | None = None
+    trust_remote_code: bool = False  # run code shipped with the checkpoint (GenSSL checkpoints never need it)
     extra: dict = field(default_factory=dict)
 
 
@@ -78,6 +79,7 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
     )
 
     from hf_genssl.data.tasks import load_task, task_info
+    from hf_genssl.hub import from_pretrained
     from hf_genssl.metrics import compute_glue_metric
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
@@ -96,15 +98,14 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
     model_path = Path(cfg.model)
     if model_path.exists() and not any(model_path.glob("*.safetensors")) and not any(model_path.glob("*.bin")):
         raise ValueError(f"{cfg.model} has no model weights (*.safetensors); point --model at a saved checkpoint.")
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     problem_type = "regression" if info.is_regression else "single_label_classification"
     label_maps = {}
     if info.label_names:
         label_maps = {"id2label": dict(enumerate(info.label_names)),
                       "label2id": {name: i for i, name in enumerate(info.label_names)}}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        cfg.model, trust_remote_code=True, num_labels=info.num_labels, problem_type=problem_type, **label_maps
-    )
+    model = from_pretrained(AutoModelForSequenceClassification, cfg.model, trust_remote_code=cfg.trust_remote_code,
+                            num_labels=info.num_labels, problem_type=problem_type, **label_maps)
+    tokenizer = from_pretrained(AutoTokenizer, cfg.model, trust_remote_code=cfg.trust_remote_code)
     if cfg.lora:
         from peft import LoraConfig, TaskType, get_peft_model
 

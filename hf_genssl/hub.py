@@ -21,7 +21,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-__all__ = ["HubPushError", "push_checkpoint"]
+__all__ = ["HubPushError", "from_pretrained", "push_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,25 @@ def push_checkpoint(
         ) from err
     logger.info("Pushed %s to %s (commit %s)", folder, repo_url, commit.oid)
     return str(repo_url)
+
+
+def from_pretrained(auto_class, name_or_path: str | os.PathLike[str], *, trust_remote_code: bool = False, **kwargs):
+    """``auto_class.from_pretrained`` that never runs a checkpoint's own code unless ``trust_remote_code=True``.
+
+    GenSSL checkpoints do not need it: importing ``hf_genssl`` registers their classes with the ``Auto*`` factories,
+    and with ``trust_remote_code=False`` transformers uses those even when the checkpoint ships an ``auto_map``.
+    A folder or Hub repo whose model type is unknown here and that brings code of its own is refused with a
+    message naming ``--trust-remote-code`` (the flag of transformers' example scripts, and of ``genssl``).
+    """
+    try:
+        return auto_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as error:
+        if trust_remote_code or "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"{name_or_path} ships its own Python code (an auto_map for a model type hf_genssl does not know); it was "
+            "not run. Pass --trust-remote-code (trust_remote_code=True in Python) only if you trust its author."
+        ) from error
 
 
 def _chain(err: BaseException) -> list[BaseException]:

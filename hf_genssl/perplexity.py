@@ -56,21 +56,24 @@ def windows_for(n_tokens: int, window: int, stride: int) -> list[tuple[int, int,
     return spans
 
 
-def load_model_and_tokenizer(model, tokenizer=None):
-    """``(model, tokenizer)`` from a checkpoint path / Hub id (its pretraining head, ``trust_remote_code=True``, the
-    tokenizer saved with it) or from a model object and its tokenizer; the model is put in eval mode."""
+def load_model_and_tokenizer(model, tokenizer=None, trust_remote_code: bool = False):
+    """``(model, tokenizer)`` from a checkpoint path / Hub id (its pretraining head through the registered GenSSL
+    classes, the tokenizer saved with it; the checkpoint's own code runs only with ``trust_remote_code=True``) or
+    from a model object and its tokenizer; the model is put in eval mode."""
     if isinstance(model, (str, Path)):
         from transformers import AutoModelForPreTraining, AutoTokenizer
 
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-        model = AutoModelForPreTraining.from_pretrained(model, trust_remote_code=True)
+        from .hub import from_pretrained
+
+        path, model = model, from_pretrained(AutoModelForPreTraining, model, trust_remote_code=trust_remote_code)
+        tokenizer = tokenizer or from_pretrained(AutoTokenizer, path, trust_remote_code=trust_remote_code)
     if tokenizer is None:
         raise ValueError("Pass the tokenizer with the model (or a checkpoint path that holds one).")
     return model.eval(), tokenizer
 
 
-def _load(model, tokenizer):
-    model, tokenizer = load_model_and_tokenizer(model, tokenizer)
+def _load(model, tokenizer, trust_remote_code: bool = False):
+    model, tokenizer = load_model_and_tokenizer(model, tokenizer, trust_remote_code)
     if not hasattr(model, "model") or not hasattr(model, "lm_head"):
         raise TypeError("prefix_perplexity needs a GenSSL model with a language-model head.")
     return model, tokenizer
@@ -134,20 +137,22 @@ def prefix_perplexity(
     batch_size: int = 16,
     bucket_size: int = 8,
     progress: bool = False,
+    trust_remote_code: bool = False,
 ) -> PerplexityResult:
     """Exact prefix perplexity of ``texts`` under a GenSSL checkpoint (model object or path).
 
     Args:
         model: a GenSSL model with an LM head (``GenSSLForPreTraining``, ``...ForCausalLM``, ``...ForMaskedLM``)
-            or a checkpoint path/Hub id (loaded with ``trust_remote_code=True``).
+            or a checkpoint path/Hub id (loaded through the registered GenSSL classes).
         texts: held-out texts; each is tokenized on its own and scored from its first token.
         tokenizer: the checkpoint's tokenizer (loaded from the path when ``model`` is one).
         window: text tokens per window (default: the model's positions minus one for the BOS).
         stride: how far a window moves (default: ``window``, no overlap); must be ``<= window``.
         batch_size: rows per forward pass (windows for causal checkpoints, prefixes for masked ones).
         bucket_size: width of the prefix-length buckets of ``by_prefix_length``.
+        trust_remote_code: run the checkpoint's own code when it has some (only for checkpoints you trust).
     """
-    model, tokenizer = _load(model, tokenizer)
+    model, tokenizer = _load(model, tokenizer, trust_remote_code)
     backbone, head = model.model, model.lm_head
     config = backbone.config
     max_window = config.max_position_embeddings - 1

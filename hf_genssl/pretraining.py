@@ -228,11 +228,116 @@ def load_config(source: str | Path | dict | PretrainConfig | None = None, overri
     if unknown:
         raise ValueError(f"Unknown config keys {unknown}; valid keys are {sorted(known)}.")
     config = PretrainConfig(**values)
-    if config.objective not in OBJECTIVES:
-        raise ValueError(f"Unknown objective {config.objective!r}; choose one of {sorted(OBJECTIVES)}.")
-    if config.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {config.mixed_precision!r}.")
+    _check_values(config)
     return config
+
+
+# Value rules of load_config: key -> (types, lower bound, bound included, what the value means). bool is not an int here.
+_POSITIVE_INTS = ("max_steps", "batch_size", "gradient_accumulation_steps", "vocab_size", "seq_len", "hidden_size",
+                  "num_hidden_layers", "num_attention_heads", "log_every", "eval_every", "eval_batches", "save_every",
+                  "keep_checkpoints", "image_size", "patch_size", "num_channels", "segment_size")
+_OPTIONAL_POSITIVE_INTS = ("intermediate_size", "max_docs", "max_images")
+_NON_NEGATIVE_INTS = ("warmup_steps", "seed")
+_NON_NEGATIVE_FLOATS = ("weight_decay", "max_grad_norm")
+_BOOLS = ("progress", "push_to_hub", "norm_pix_loss")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_float(config: PretrainConfig, key: str) -> float:
+    """The float value of ``key``; YAML 1.1 reads ``1e-3`` (no dot) as a string, so a numeric string is accepted."""
+    value = getattr(config, key)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{key} must be a number, got {getattr(config, key)!r}.")
+    setattr(config, key, float(value))
+    return float(value)
+
+
+def _check_values(cfg: PretrainConfig) -> None:
+    """Type and range of every value, and the combinations that cannot train, before any data or tokenizer work
+    (a typo should fail in a second, not after minutes of tokenization)."""
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"Unknown objective {cfg.objective!r}; choose one of {sorted(OBJECTIVES)}.")
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}.")
+    for key in _POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS:
+        value = getattr(cfg, key)
+        if value is None and key in _OPTIONAL_POSITIVE_INTS:
+            continue
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}.")
+    for key in _NON_NEGATIVE_INTS:
+        value = getattr(cfg, key)
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{key} must be an integer >= 0, got {value!r}.")
+    for key in _BOOLS:
+        if not isinstance(getattr(cfg, key), bool):
+            raise ValueError(f"{key} must be true or false, got {getattr(cfg, key)!r}.")
+    if _as_float(cfg, "learning_rate") <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {cfg.learning_rate!r}.")
+    for key in _NON_NEGATIVE_FLOATS:
+        if _as_float(cfg, key) < 0:
+            raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)!r}.")
+    if not 0.0 <= _as_float(cfg, "dropout") < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout!r}.")
+    if not 0.0 < _as_float(cfg, "cut_probability") <= 1.0:
+        raise ValueError(f"cut_probability must be in (0, 1], got {cfg.cut_probability!r}.")
+    _check_group_size(cfg)
+    ratios = cfg.mask_ratio_range
+    if (not isinstance(ratios, (list, tuple)) or len(ratios) != 2
+            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios)
+            or not 0.0 < ratios[0] <= ratios[1] <= 1.0):
+        raise ValueError(f"mask_ratio_range must be [lo, hi] with 0 < lo <= hi <= 1, got {ratios!r}.")
+    if "masked" in cfg.objective:
+        _check_ratio_range(cfg, fixed=not cfg.objective.endswith("variable_masked"))
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ValueError(f"hidden_size ({cfg.hidden_size}) must be a multiple of num_attention_heads "
+                         f"({cfg.num_attention_heads}).")
+    if cfg.seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 (the BOS token plus one token), got {cfg.seq_len}.")
+    if cfg.order not in ("raster", "random"):
+        raise ValueError(f"order must be 'raster' or 'random', got {cfg.order!r}.")
+    if not isinstance(cfg.corpus, list) or not cfg.corpus or not all(isinstance(c, str) for c in cfg.corpus):
+        raise ValueError(f"corpus must be a non-empty list of source names, got {cfg.corpus!r}.")
+    if cfg.texts is not None and (not isinstance(cfg.texts, list) or not all(isinstance(t, str) for t in cfg.texts)):
+        raise ValueError("texts must be a list of strings (or null).")
+    if OBJECTIVES[cfg.objective].modality == "image":
+        _check_image_grid(cfg)
+
+
+def _check_group_size(cfg: PretrainConfig) -> None:
+    sizes = cfg.group_size if isinstance(cfg.group_size, list) else [cfg.group_size]
+    if cfg.group_size == "random" and not cfg.objective.startswith("vit_"):
+        return
+    if not sizes or not all(_is_int(s) and s >= 1 for s in sizes):
+        allowed = "a positive integer or a list of them" + ("" if cfg.objective.startswith("vit_") else ", or 'random'")
+        raise ValueError(f"group_size must be {allowed}, got {cfg.group_size!r}.")
+
+
+def _check_image_grid(cfg: PretrainConfig) -> None:
+    """Patches tile the image, segments tile the patch grid, and the first group (context only) leaves targets."""
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(f"patch_size ({cfg.patch_size}) must divide image_size ({cfg.image_size}).")
+    grid = cfg.image_size // cfg.patch_size
+    if grid % cfg.segment_size:
+        raise ValueError(f"segment_size ({cfg.segment_size}) must divide the {grid}x{grid} patch grid.")
+    segments = (grid // cfg.segment_size) ** 2
+    if cfg.objective in ("vit_ar", "vit_semi_ar"):
+        smallest = 1 if cfg.objective == "vit_ar" else min(
+            cfg.group_size if isinstance(cfg.group_size, list) else [cfg.group_size])
+        if smallest >= segments:
+            raise ValueError(f"group_size={cfg.group_size!r} covers all {segments} segments of an image with the first "
+                             "group, which is context only: no patch would be predicted. Use a group_size below "
+                             f"{segments}, or a smaller patch_size / segment_size.")
+    elif grid * grid < 2:
+        raise ValueError(f"masking needs at least 2 patches per image; patch_size {cfg.patch_size} leaves {grid * grid}.")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

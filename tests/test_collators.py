@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -49,6 +51,14 @@ class TestSemiAutoregressive:
         assert set(all_sizes) == {1, 4}
         assert 0.4 < sum(s == 1 for s in all_sizes) / len(all_sizes) < 0.6  # each size drawn with prob 1/2
 
+    @pytest.mark.parametrize("group_size", [1, 2, 5, [1, 4], "random"])
+    def test_bos_is_alone_in_group_zero(self, group_size):
+        """Group 0 is the BOS and nothing else: every later token (padding included) has a group id >= 1."""
+        batch = self.make(group_size=group_size)(sequences(32, 1, 41))
+        is_zero = batch["group_ids"] == 0
+        assert is_zero[:, 0].all()
+        assert not is_zero[:, 1:].any(), batch["group_ids"][is_zero[:, 1:].any(1)]
+
     def test_random_cut_points(self):
         batch = self.make(group_size="random", cut_probability=0.25)(sequences(64, 100, 120))
         sizes = [s for row in group_sizes(batch["group_ids"], batch["attention_mask"].bool()) for s in row[:-1]]
@@ -81,7 +91,10 @@ class TestSemiAutoregressive:
 
         with pytest.raises(ValueError, match="BOS"):
             DataCollatorForSemiAutoregressiveLM(tokenizer=NoBos())
-        DataCollatorForSemiAutoregressiveLM(tokenizer=tokenizer)  # the built-in tokenizer has everything
+        collator = DataCollatorForSemiAutoregressiveLM(tokenizer=tokenizer)  # the built-in tokenizer has everything
+        batch = collator([[7, 8, 9], [7]])
+        assert batch["input_ids"].tolist() == [[tokenizer.bos_token_id, 7, 8, 9], [tokenizer.bos_token_id, 7] + 2 * [
+            tokenizer.pad_token_id]]
 
 
 class TestVariableLengthMasking:
@@ -113,6 +126,15 @@ class TestVariableLengthMasking:
     def test_fixed_ratio_is_bert(self):
         batch = self.make(mask_ratio_range=(0.15, 0.15))(sequences(8, 100, 100))
         assert ((batch["labels"] != -100).sum(1) == 15).all()
+
+    @pytest.mark.parametrize("ratio", [0.15, 0.3, 0.62])
+    def test_exactly_round_r_n_targets_per_row(self, ratio):
+        """Every row of n maskable tokens gets exactly max(1, round(r * n)) targets, for each n from 1 to 60 (lengths
+        whose r * n is within 0.01 of a half are left out: float32 may round those either way)."""
+        lengths = [n for n in range(1, 61) if abs(ratio * n % 1 - 0.5) > 0.01]
+        batch = self.make(mask_ratio_range=(ratio, ratio))([list(range(10, 10 + n)) for n in lengths])
+        targets = (batch["labels"] != -100).sum(1).tolist()
+        assert targets == [max(1, math.floor(ratio * n + 0.5)) for n in lengths]
 
     def test_specials_and_padding_never_masked_and_one_target_minimum(self):
         data = [[1, 2, 7], [8], [9, 10, 11, 12, 13, 14, 15]]  # 2 = eos (special), short rows

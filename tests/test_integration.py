@@ -178,3 +178,20 @@ def test_query_pooling_is_the_next_token_query_row():
                                          use_cache=False).query_hidden_state[:, -1]
         torch.testing.assert_close(pooled, next_token_hidden, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(classifier(ids).logits, expected_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_causal_lm_loss_is_the_shifted_cross_entropy_by_hand():
+    """labels= gives the mean NLL of token t+1 under the logits at t, over labels that are not -100 (padding here)."""
+    torch.manual_seed(0)
+    model = GenSSLForCausalLM(tiny_config(initializer_range=0.3)).eval()
+    ids = torch.tensor([[1, 17, 42, 99, 7, 230], [1, 23, 8, 64, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, labels=labels)
+        logits = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(out.logits, logits)
+    nlls = [-logits[b, t].log_softmax(-1)[labels[b, t + 1]]
+            for b in range(2) for t in range(ids.shape[1] - 1) if labels[b, t + 1] != -100]
+    assert len(nlls) == 5 + 3
+    torch.testing.assert_close(out.loss, torch.stack(nlls).mean(), atol=1e-5, rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import pytest
@@ -78,9 +79,11 @@ def test_stride_scores_every_token_once(models, tokenizer):
     n = len(tokenizer(long_text, add_special_tokens=False)["input_ids"])
     result = prefix_perplexity(causal, [long_text], tokenizer, window=16, stride=8, bucket_size=4)
     assert result.tokens_scored == n and result.windows > 1
-    assert sum(b["tokens"] for b in result.by_prefix_length) == n
-    # with stride 8 and window 16, every token after the first window sees at least 8 tokens of context
-    assert all(b["prefix_from"] >= 8 or b["tokens"] > 0 for b in result.by_prefix_length)
+    # prefix lengths 0-7 occur once (the first window), later tokens see 8-15 tokens of context
+    prefixes = collections.Counter((i - first_window_begin(i, 16, 8)) // 4 for i in range(n))
+    assert [(b["prefix_from"], b["tokens"]) for b in result.by_prefix_length] == [
+        (4 * k, count) for k, count in sorted(prefixes.items())]
+    assert [b["tokens"] for b in result.by_prefix_length[:2]] == [4, 4]
 
 
 def test_bad_inputs(models, tokenizer):
@@ -112,3 +115,64 @@ def test_evaluate_module_loads_by_path_and_matches(models, tokenizer, tmp_path):
     direct = prefix_perplexity(causal, TEXTS, tokenizer)
     assert result["perplexity"] == pytest.approx(direct.perplexity, rel=1e-5)
     assert result["tokens_scored"] == direct.tokens_scored
+
+
+def first_window_begin(i: int, window: int, stride: int) -> int:
+    """Windows start at 0, stride, 2 * stride, ...; token i is scored in the first one that holds it."""
+    return 0 if i < window else ((i - window) // stride + 1) * stride
+
+
+def naive_windowed_nll(model, tokenizer, text, window, stride, masked):
+    """(prefix length, NLL) of every text token, each scored with its own call on [BOS] + its window's tokens before
+    it (a causal model's last row), or on [BOS] + those tokens + [MASK] up to the window's end (read at the token)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    causal = GenSSLForCausalLM(model.config).eval()
+    causal.load_state_dict(model.state_dict())
+    scored = []
+    for i in range(len(ids)):
+        begin = first_window_begin(i, window, stride)
+        context = [tokenizer.bos_token_id, *ids[begin:i]]
+        with torch.no_grad():
+            if masked:
+                end = min(begin + window, len(ids))
+                row = torch.tensor([context + [tokenizer.mask_token_id] * (end - i)])
+                logits = model(input_ids=row).logits[0, len(context)]
+            else:
+                logits = causal(torch.tensor([context]), use_cache=False).logits[0, -1]
+        scored.append((i - begin, -logits.log_softmax(-1)[ids[i]].item()))
+    return scored
+
+
+@pytest.fixture(scope="module")
+def sharp_models(tokenizer):
+    """Models whose predictions depend strongly on the context (a wide initialisation), so scoring a token with the
+    wrong context or at the wrong position changes its NLL by far more than the tolerance."""
+    torch.manual_seed(1)
+    causal = GenSSLForPreTraining(tiny_config(vocab_size=len(tokenizer), initializer_range=0.5)).eval()
+    masked = GenSSLForMaskedLM(tiny_config(vocab_size=len(tokenizer), initializer_range=0.5,
+                                           content_attention="bidirectional")).eval()
+    return causal, masked
+
+
+@pytest.mark.parametrize("which", ["causal", "masked"])
+def test_windowed_perplexity_equals_a_naive_loop_over_positions(sharp_models, tokenizer, which):
+    """stride < window on a text several windows long: every token is scored once, in the first window holding it,
+    from that window's tokens before it; the score of each prefix length equals a per-position loop."""
+    model = sharp_models[which == "masked"]
+    window, stride = 8, 3
+    text = " ".join(TEXTS * 2)
+    scored = naive_windowed_nll(model, tokenizer, text, window, stride, masked=which == "masked")
+    assert len(scored) > 3 * window
+    result = prefix_perplexity(model, [text], tokenizer, window=window, stride=stride, batch_size=16, bucket_size=1)
+    nll = torch.tensor([x for _, x in scored], dtype=torch.float64)
+    assert nll.std() > 0.5  # the check below could not tell positions apart on a near-constant model
+    assert result.tokens_scored == len(scored)
+    assert result.mean_nll == pytest.approx(nll.mean().item(), rel=1e-5)
+    by_prefix: dict[int, list[float]] = {}
+    for prefix, x in scored:
+        by_prefix.setdefault(prefix, []).append(x)
+    assert [(b["prefix_from"], b["tokens"]) for b in result.by_prefix_length] == [
+        (p, len(xs)) for p, xs in sorted(by_prefix.items())]
+    for bucket in result.by_prefix_length:
+        expected = math.exp(sum(by_prefix[bucket["prefix_from"]]) / len(by_prefix[bucket["prefix_from"]]))
+        assert bucket["perplexity"] == pytest.approx(expected, rel=1e-4), bucket

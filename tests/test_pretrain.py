@@ -101,6 +101,52 @@ def test_config_errors(tmp_path):
                          "output_dir": str(tmp_path / "vv")})
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"save_every": 0}, "save_every must be a positive integer, got 0"),
+    ({"log_every": 0}, "log_every must be a positive integer, got 0"),
+    ({"max_steps": "abc"}, "max_steps must be a positive integer, got 'abc'"),
+    ({"batch_size": True}, "batch_size must be a positive integer, got True"),
+    ({"group_size": 2.0}, r"group_size must be a positive integer or a list of them, or 'random', got 2.0"),
+    ({"group_size": [2, 0]}, r"group_size must be"),
+    ({"objective": "vit_semi_ar", "group_size": "random"}, "group_size must be a positive integer or a list of them,"),
+    ({"objective": "vit_semi_ar", "image_size": 28, "patch_size": 14, "group_size": 4}, "no patch would be predicted"),
+    ({"objective": "vit_semi_ar", "patch_size": 5}, r"patch_size \(5\) must divide image_size \(28\)"),
+    ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
+    ({"learning_rate": 0}, "learning_rate must be > 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ({"mask_ratio_range": [0.5, 0.1]}, "mask_ratio_range must be"),
+    ({"mask_ratio_range": [0.1]}, "mask_ratio_range must be"),
+    ({"hidden_size": 30, "num_attention_heads": 4}, "multiple of num_attention_heads"),
+    ({"progress": "yes"}, "progress must be true or false"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer"),
+])
+def test_config_values_are_checked_before_any_data_work(tmp_path, monkeypatch, overrides, message):
+    import hf_genssl.pretraining as pretraining
+
+    def no_data(*args):
+        raise AssertionError("data loaded before the config was checked")
+
+    monkeypatch.setattr(pretraining, "_corpus_texts", no_data)
+    monkeypatch.setattr(pretraining, "_image_data", no_data)
+    with pytest.raises(ValueError, match=message):
+        load_config("tiny", overrides)
+    with pytest.raises(ValueError, match=message):  # and the loop fails the same way, before touching data
+        run_pretraining({**TINY, **overrides, "output_dir": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_yaml_quirks_are_read_as_meant():
+    assert load_config("tiny", {"learning_rate": "1e-3"}).learning_rate == 1e-3  # YAML 1.1 reads 1e-3 as a string
+
+
+def test_masked_ratio_mismatch_fails_before_data_work(tmp_path, monkeypatch):
+    import hf_genssl.pretraining as pretraining
+
+    monkeypatch.setattr(pretraining, "_corpus_texts", lambda cfg: (_ for _ in ()).throw(AssertionError("data")))
+    with pytest.raises(ValueError, match="draws the mask ratio from a range"):
+        run_pretraining({**TINY, "objective": "variable_masked", "max_steps": 1, "output_dir": str(tmp_path / "v")})
+
+
 def test_shipped_configs_load():
     for path in sorted((REPO / "training" / "configs").glob("*.yaml")):
         load_config(path)

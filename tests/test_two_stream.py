@@ -334,6 +334,40 @@ def test_rope_matches_rotate_half_reference_and_is_relative():
     assert abs(score(10, 7) - score(10, 2)) > 1e-3  # different offset, different score
 
 
+def test_rope_attention_scores_depend_on_each_rows_own_position():
+    """First-layer attention of both streams, recomputed with RoPE as complex rotations (pair (m, m + d/2) of a head is
+    the complex number q_m + i q_{m+d/2}, turned by position * theta^(-2m/d)): content rows and keys sit at the token
+    positions, each query row at the position of the token it predicts. Uneven positions, so any swap shows."""
+    torch.manual_seed(0)
+    model = GenSSLModel(tiny_config(num_hidden_layers=1, initializer_range=0.2)).eval()
+    model.config._attn_implementation = "eager"
+    ids = torch.tensor([[1, 17, 42, 99, 7, 230, 64]])
+    gids = torch.tensor([[0, 1, 1, 2, 3, 3, 4]])
+    positions = torch.tensor([[0, 1, 2, 4, 7, 8, 12]])
+    with torch.no_grad():
+        probs = model(ids, group_ids=gids, position_ids=positions, output_attentions=True).attentions[0][0]
+        layer, T = model.layers[0], ids.shape[1]
+        H, d = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+        content = layer.ln_1(model.embed_tokens(ids[0]))
+        query_rows = layer.ln_1(model.query_stream_start.expand(T, -1))
+
+        def turned(x, pos):  # (T, hidden) -> (H, T, d/2) complex, rotated by the positions
+            x = x.view(T, H, d).transpose(0, 1).double()
+            theta = model.config.rope_theta ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
+            return torch.complex(x[..., : d // 2], x[..., d // 2 :]) * torch.polar(
+                torch.ones(T, d // 2, dtype=torch.float64), pos[0, :, None].double() * theta)
+
+        keys = turned(layer.attn.k_proj(content), positions)
+        expected = []
+        for rows, see in ((content, gids[0, None, :] <= gids[0, :, None]), (query_rows, gids[0, None, :] < gids[0, :, None])):
+            scores = (turned(layer.attn.q_proj(rows), positions) @ keys.conj().transpose(-1, -2)).real / d**0.5
+            expected.append(scores.masked_fill(~see, float("-inf")).softmax(-1))
+        expected = torch.cat(expected, dim=1)  # (H, 2T, T)
+    seen = torch.isfinite(expected).all(-1)  # the BOS query row sees nothing (the model points it at the BOS)
+    assert seen.sum() == H * (2 * T - 1)
+    torch.testing.assert_close(probs.double()[seen], expected[seen], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 16, 17])
 @pytest.mark.parametrize("bias", [True, False])
 def test_skinny_linear_equals_the_module(rows, bias):

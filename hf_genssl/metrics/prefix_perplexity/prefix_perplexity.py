@@ -19,11 +19,12 @@ checkpoints alike, with a breakdown by prefix length.
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: texts to score.
-    model_id: a GenSSL checkpoint directory or Hub id (loaded with trust_remote_code=True).
+    model_id: a GenSSL checkpoint directory or Hub id (loaded through hf_genssl's registered classes).
     window: text tokens per window (default: the model's positions minus one).
     stride: how far the window moves (default: window).
     batch_size: rows per forward pass.
     bucket_size: width of the prefix-length buckets.
+    trust_remote_code: run code shipped with the checkpoint (default False; GenSSL checkpoints never need it).
 Returns:
     perplexity, mean_nll, tokens_scored, windows, window, stride, method, by_prefix_length.
 Examples:
@@ -50,9 +51,11 @@ class PrefixPerplexity(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, model_id, window=None, stride=None, batch_size=16, bucket_size=8):
+    def _compute(self, predictions, model_id, window=None, stride=None, batch_size=16, bucket_size=8,
+                 trust_remote_code=False):
         from hf_genssl.perplexity import prefix_perplexity
 
         return prefix_perplexity(
-            model_id, list(predictions), window=window, stride=stride, batch_size=batch_size, bucket_size=bucket_size
+            model_id, list(predictions), window=window, stride=stride, batch_size=batch_size, bucket_size=bucket_size,
+            trust_remote_code=trust_remote_code,
         ).to_dict()

@@ -2,7 +2,7 @@
 
     genssl demo                      # prepare data, pretrain the tiny semi-AR model, show loss curve and a sample
     genssl data prepare              # fetch and build the offline datasets
-    genssl pretrain --config tiny    # the Accelerate pretraining loop (training/configs/*.yaml)
+    genssl pretrain --config tiny    # the Accelerate pretraining loop (configs: hf_genssl/configs/*.yaml)
     genssl finetune --model DIR --task rt-polarity
     genssl eval-ppl --model DIR --data validation
     genssl generate --model DIR --prompt "..." [--group-size 2]
@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="data cache (default: $GENSSL_CACHE or ~/.cache/hf_genssl)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("pretrain", help="the Accelerate pretraining loop (training/configs/*.yaml)")
-    p.add_argument("--config", default="tiny", help="a YAML path or a name in training/configs")
+    p = sub.add_parser("pretrain", help="the Accelerate pretraining loop (configs: hf_genssl/configs/*.yaml)")
+    p.add_argument("--config", default="tiny", help="a shipped config (tiny, small, paper, vit_tiny) or a .yaml file")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output-dir")
     p.add_argument("--resume", action="store_true")

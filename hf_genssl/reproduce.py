@@ -1,7 +1,7 @@
 """``genssl reproduce``: the paper's comparisons at a scale that fits the machine, with seeds.
 
-The experiments (cells and scales) are defined in ``training/configs/experiments/reproduce.yaml``; this module
-runs them.
+The experiments (cells and scales) are defined in ``hf_genssl/configs/experiments/reproduce.yaml`` (package data),
+loaded into a frozen :class:`Definitions` that is passed to the runners; this module runs them.
 
 Four experiments, each cell run for several seeds, every run written to
 ``results/<scale>/<experiment>/<cell>-seed<k>.json`` (config, seed, data, hardware, wall time) and summarised into
@@ -35,20 +35,22 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
 from operator import itemgetter
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the model modules import torch: loaded only when an experiment runs
     from .modeling_genssl_vit import GenSSLViTForPreTraining
 
-__all__ = ["EXPERIMENTS", "SCALES", "load_definitions", "run_reproduce", "summarise"]
+__all__ = ["EXPERIMENTS", "Definitions", "Scale", "load_definitions", "run_reproduce", "summarise"]
 
 EXPERIMENTS = ("classification", "generation", "vision_classification", "vision_generation")
-DEFINITIONS = Path(__file__).resolve().parents[1] / "training" / "configs" / "experiments" / "reproduce.yaml"
-"""The experiment definitions: cells (what differs between compared runs) and scales (everything else)."""
+DEFINITIONS = "experiments/reproduce.yaml"
+"""The shipped experiment definitions (a file of :mod:`hf_genssl.configs`): cells (what differs between compared
+runs) and scales (everything else)."""
 
 
 @dataclass(frozen=True)
@@ -66,31 +68,59 @@ class Scale:
     vit_finetune_lr: float = 1e-3
     ood_texts: int = 50
     connectivity_samples: int = 200
-    name: str = ""  # the key in SCALES, recorded in every JSON
+    name: str = ""  # the key in Definitions.scales, recorded in every JSON
 
 
-def load_definitions(path: str | Path = DEFINITIONS) -> dict:
-    """Read the experiment definitions; the module's ``TASKS``, ``*_CELLS`` and ``SCALES`` come from here."""
+def _frozen(mapping: Mapping) -> Mapping:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The experiments of ``genssl reproduce``: fine-tuning tasks, the cells of each experiment (cell name ->
+    ``run_pretraining`` settings that differ between compared runs) and the scales. Read-only; build a variant with
+    :func:`dataclasses.replace` (the tests run a micro scale that way)."""
+
+    tasks: tuple[str, ...]
+    glue_tasks: tuple[str, ...] = ()  # with --glue (they need the Hub)
+    classification_cells: Mapping[str, dict] = field(default_factory=dict)
+    generation_cells: Mapping[str, dict] = field(default_factory=dict)
+    vision_classification_cells: Mapping[str, dict] = field(default_factory=dict)
+    vision_generation_cells: Mapping[str, dict] = field(default_factory=dict)
+    scales: Mapping[str, Scale] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("classification_cells", "generation_cells", "vision_classification_cells",
+                     "vision_generation_cells", "scales"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "glue_tasks", tuple(self.glue_tasks))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Definitions:
+        """From the YAML's mapping: ``tasks``, ``glue_tasks``, ``*_cells`` and ``scales`` (name -> Scale fields)."""
+        known = {"tasks", "glue_tasks", "scales", "classification_cells", "generation_cells",
+                 "vision_classification_cells", "vision_generation_cells"}
+        if unknown := sorted(set(values) - known):
+            raise ValueError(f"Unknown keys {unknown} in the experiment definitions; known: {sorted(known)}.")
+        scales = {name: Scale(**scale, name=name) for name, scale in values["scales"].items()}
+        return cls(**{**values, "scales": scales})
+
+    def all_cells(self) -> dict[str, dict]:
+        """Every cell of every experiment, by name."""
+        return {**self.classification_cells, **self.generation_cells, **self.vision_classification_cells,
+                **self.vision_generation_cells}
+
+
+def load_definitions(path: str | Path | None = None) -> Definitions:
+    """The experiment definitions: the shipped ``experiments/reproduce.yaml`` of :mod:`hf_genssl.configs`, or the
+    YAML file ``path``."""
     import yaml
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: `genssl reproduce` runs from a checkout of the hf_genssl repository, "
-                                "whose training/configs/experiments/reproduce.yaml defines the experiments.")
-    values = yaml.safe_load(path.read_text())
-    return {"tasks": tuple(values["tasks"]), "glue_tasks": tuple(values.get("glue_tasks", ())),
-            **{key: values[key] for key in values if key.endswith("_cells")},
-            "scales": {name: Scale(**scale, name=name) for name, scale in values["scales"].items()}}
+    from .configs import shipped_config
 
-
-_DEFINED = load_definitions() if DEFINITIONS.exists() else {"tasks": (), "scales": {}}
-TASKS: tuple[str, ...] = _DEFINED["tasks"]
-GLUE_TASKS: tuple[str, ...] = tuple(_DEFINED.get("glue_tasks", ()))  # with --glue (they need the Hub)
-CLASSIFICATION_CELLS: dict[str, dict] = _DEFINED.get("classification_cells", {})
-GENERATION_CELLS: dict[str, dict] = _DEFINED.get("generation_cells", {})
-VISION_CLASSIFICATION_CELLS: dict[str, dict] = _DEFINED.get("vision_classification_cells", {})
-VISION_GENERATION_CELLS: dict[str, dict] = _DEFINED.get("vision_generation_cells", {})
-SCALES: dict[str, Scale] = _DEFINED["scales"]
+    text = Path(path).read_text() if path is not None else shipped_config(DEFINITIONS).read_text()
+    return Definitions.from_dict(yaml.safe_load(text))
 
 
 def _hardware() -> str:
@@ -165,14 +195,15 @@ def _main_metric(final: dict) -> float:
     raise KeyError(f"no known metric among {sorted(final)}")
 
 
-def run_classification(out: Path, scale: Scale, cache_dir, tasks: tuple[str, ...] | None = None) -> None:
+def run_classification(out: Path, scale: Scale, cache_dir, definitions: Definitions, glue: bool = False) -> None:
     from .finetuning import run_finetuning
 
     fine_tuning = {"epochs": scale.finetune_epochs, "max_train_samples": scale.finetune_samples, "learning_rate": 1e-3}
-    for run in _pending(out, "classification", CLASSIFICATION_CELLS, scale):
+    tasks = definitions.tasks + (definitions.glue_tasks if glue else ())
+    for run in _pending(out, "classification", definitions.classification_cells, scale):
         checkpoint = _pretrain(out, run, cache_dir)
         scores = {}
-        for task in tasks or TASKS:
+        for task in tasks:
             tuned = run_finetuning({"model": checkpoint, "task": task, **fine_tuning, "seed": run.seed,
                                     "cache_dir": cache_dir,
                                     "output_dir": str(out / "runs" / f"{run.cell}-seed{run.seed}-{task}")})
@@ -195,14 +226,15 @@ def _held_out_texts(scale: Scale, cache_dir) -> dict[str, list[str]]:
             "passages": passages[: scale.connectivity_samples]}
 
 
-def run_generation(out: Path, scale: Scale, cache_dir) -> None:
+def run_generation(out: Path, scale: Scale, cache_dir, definitions: Definitions) -> None:
     from .connectivity import text_features, top_similarity
     from .perplexity import load_model_and_tokenizer, prefix_perplexity
 
     texts = _held_out_texts(scale, cache_dir)
     data = (f"corpus validation split, {len(texts['in_domain'])} texts; out of domain: {len(texts['out_of_domain'])} "
             f"Rotten Tomatoes sentences; connectivity: {len(texts['passages'])} 64-word validation passages")
-    cells = {**GENERATION_CELLS, "ar": CLASSIFICATION_CELLS["ar"], "semi_ar_g2": CLASSIFICATION_CELLS["semi_ar_g2"]}
+    reference = {cell: definitions.classification_cells[cell] for cell in ("ar", "semi_ar_g2")}
+    cells = {**definitions.generation_cells, **reference}
     for run in _pending(out, "generation", cells, scale):
         model, tokenizer = load_model_and_tokenizer(_pretrain(out, run, cache_dir))
         result = prefix_perplexity(model, texts["in_domain"], tokenizer, batch_size=64)  # window: positions - 1
@@ -248,11 +280,11 @@ def _pretrained_vit(out: Path, run: _Run, cache_dir, images: dict) -> _Pretraine
                           {split: (normalize_pixels(x, mean, std), y) for split, (x, y) in images.items()}, mean, std)
 
 
-def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
+def run_vision_classification(out: Path, scale: Scale, cache_dir, definitions: Definitions) -> None:
     from .vision_eval import fine_tune_eval, linear_probe_eval
 
     images = _image_tensors(scale, cache_dir)
-    for run in _pending(out, "vision_classification", VISION_CLASSIFICATION_CELLS, scale):
+    for run in _pending(out, "vision_classification", definitions.vision_classification_cells, scale):
         vit = _pretrained_vit(out, run, cache_dir, images)
         (train_x, train_y), (test_x, test_y) = vit.images["train"], vit.images["test"]
         scores = {"linear_probe": linear_probe_eval(vit.model, train_x, train_y, test_x, test_y),
@@ -263,11 +295,12 @@ def run_vision_classification(out: Path, scale: Scale, cache_dir) -> None:
                    fine_tuning={"epochs": scale.vit_finetune_epochs, "learning_rate": scale.vit_finetune_lr})
 
 
-def run_vision_generation(out: Path, scale: Scale, cache_dir) -> None:
+def run_vision_generation(out: Path, scale: Scale, cache_dir, definitions: Definitions) -> None:
     from .vision_eval import reconstruction_eval
 
     images = {"test": _image_tensors(scale, cache_dir)["test"]}
-    for run in _pending(out, "vision_generation", {**VISION_GENERATION_CELLS, **VISION_CLASSIFICATION_CELLS}, scale):
+    cells = {**definitions.vision_generation_cells, **definitions.vision_classification_cells}
+    for run in _pending(out, "vision_generation", cells, scale):
         vit = _pretrained_vit(out, run, cache_dir, images)
         test_x = vit.images["test"][0]
         grid = out / "figures" / f"reconstruction-{run.cell}.png" if run.seed == 0 else None
@@ -437,7 +470,7 @@ def summarise(out: Path, quick: bool) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
     if runs:
         scales = sorted({r.get("scale_name") or "unrecorded" for r in runs})
-        lines += [(f"Scale: {', '.join(scales)} (defined in `training/configs/experiments/reproduce.yaml`). "
+        lines += [(f"Scale: {', '.join(scales)} (defined in `hf_genssl/configs/experiments/reproduce.yaml`). "
                    f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`."), ""]
     if classification := _by_cell(runs, "classification"):
         lines += _classification_section(classification)
@@ -491,25 +524,26 @@ def _scale_name(scale: str, quick: bool) -> str:
 
 
 def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: bool = False,
-                  experiments: tuple[str, ...] = EXPERIMENTS, cache_dir=None, glue: bool = False) -> str:
+                  experiments: tuple[str, ...] = EXPERIMENTS, cache_dir=None, glue: bool = False,
+                  definitions: Definitions | None = None) -> str:
     """Run (or resume: finished cells are skipped) the experiments, then write ``RESULTS.md``.
 
     ``out_dir`` defaults to :func:`default_out`. ``glue=True`` also fine-tunes on the real GLUE tasks of
     ``glue_tasks`` (downloaded from the Hub), in cells that have not run yet: use a fresh ``out_dir`` for it.
+    ``definitions`` defaults to the shipped ones (:func:`load_definitions`).
     """
     unknown = set(experiments) - set(RUNNERS)
     if unknown:
         raise ValueError(f"Unknown experiments {sorted(unknown)}; choose from {list(RUNNERS)}.")
-    if not SCALES:
-        load_definitions()  # raises, saying where the definitions should be
+    definitions = definitions or load_definitions()
     name = _scale_name(scale, quick)
-    if name not in SCALES:
-        raise ValueError(f"Unknown scale {scale!r}; choose from {list(SCALES)}.")
-    chosen = replace(SCALES[name], name=name)
+    if name not in definitions.scales:
+        raise ValueError(f"Unknown scale {scale!r}; choose from {list(definitions.scales)}.")
+    chosen = replace(definitions.scales[name], name=name)
     out = Path(out_dir or default_out(name))
     out.mkdir(parents=True, exist_ok=True)
-    runners = {**RUNNERS, "classification": partial(run_classification, tasks=TASKS + (GLUE_TASKS if glue else ()))}
     for experiment in EXPERIMENTS:
         if experiment in experiments:
-            runners[experiment](out, chosen, cache_dir)
+            options = {"glue": glue} if experiment == "classification" else {}
+            RUNNERS[experiment](out, chosen, cache_dir, definitions, **options)
     return summarise(out, quick)

@@ -148,8 +148,11 @@ def test_masked_ratio_mismatch_fails_before_data_work(tmp_path, monkeypatch):
 
 
 def test_shipped_configs_load():
-    for path in sorted((REPO / "training" / "configs").glob("*.yaml")):
-        load_config(path)
+    from hf_genssl.configs import config_names, shipped_config
+
+    assert {"tiny", "small", "paper", "vit_tiny"} <= set(config_names())
+    for name in config_names():
+        assert load_config(name) == load_config(str(shipped_config(name)))
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -23,15 +24,14 @@ def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
                             finetune_epochs=1, finetune_samples=64, ppl_texts=1, seeds=2,
                             vit_pretrain=MICRO_VIT_PRETRAIN, vit_images=64, vit_finetune_epochs=1, ood_texts=4,
                             connectivity_samples=12)
-    monkeypatch.setitem(reproduce.SCALES, "quick", micro)
-    monkeypatch.setattr(reproduce, "TASKS", ("rt-polarity",))
-    monkeypatch.setattr(reproduce, "CLASSIFICATION_CELLS",
-                        {k: reproduce.CLASSIFICATION_CELLS[k] for k in ("ar", "semi_ar_g2")})
-    monkeypatch.setattr(reproduce, "GENERATION_CELLS",
-                        {k: reproduce.GENERATION_CELLS[k] for k in ("masked_0.15", "variable_0.1-0.9")})
-    monkeypatch.setattr(reproduce, "VISION_GENERATION_CELLS",
-                        {k: reproduce.VISION_GENERATION_CELLS[k] for k in ("vit_masked_0.75", "vit_variable_0.1-0.9")})
-    text = reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache)
+    shipped = reproduce.load_definitions()
+    definitions = dataclasses.replace(
+        shipped, tasks=("rt-polarity",), scales={"quick": micro},
+        classification_cells={k: shipped.classification_cells[k] for k in ("ar", "semi_ar_g2")},
+        generation_cells={k: shipped.generation_cells[k] for k in ("masked_0.15", "variable_0.1-0.9")},
+        vision_generation_cells={k: shipped.vision_generation_cells[k] for k in ("vit_masked_0.75",
+                                                                                  "vit_variable_0.1-0.9")})
+    text = reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache, definitions=definitions)
 
     assert "not evidence" in text and "fine-tunes better than AR" in text and "variable mask ratio" in text
     assert "out of domain" in text and "Feature connectivity" in text
@@ -50,7 +50,8 @@ def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
         assert (results / figure).exists(), figure
     # RESULTS.md comes from the JSON files alone: a second call reruns nothing and writes the same table
     first = (tmp_path / "results" / "RESULTS.md").read_text()
-    assert reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache) == first
+    assert reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache,
+                                   definitions=definitions) == first
     # Rerunning a cell from scratch with the same seed reproduces its numbers.
     import shutil
 
@@ -58,7 +59,8 @@ def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
     before = json.loads(cell.read_text())
     cell.unlink()
     shutil.rmtree(results / "runs" / "masked_0.15-seed1")
-    reproduce.run_reproduce(str(results), quick=True, cache_dir=cache, experiments=("generation",))
+    reproduce.run_reproduce(str(results), quick=True, cache_dir=cache, experiments=("generation",),
+                            definitions=definitions)
     after = json.loads(cell.read_text())
     for key in ("perplexity", "ood_perplexity", "tokens_scored", "connectivity"):
         assert after[key] == pytest.approx(before[key], rel=1e-5), key
@@ -115,17 +117,16 @@ def test_default_mask_ratio_ranges_are_the_best_committed_variable_cells(experim
     assert tuple(default) == tuple(variable[best][0]["settings"]["mask_ratio_range"]), best
 
 
-@pytest.mark.parametrize("scale", list(reproduce.SCALES))
+@pytest.mark.parametrize("scale", list(reproduce.load_definitions().scales))
 def test_every_cell_of_every_scale_is_a_valid_pretraining_config(scale):
     """A typo in a cell (an invalid ratio range, an unknown key) fails here, not hours into `genssl reproduce`."""
     from hf_genssl import train_tokenizer
     from hf_genssl.pretraining import OBJECTIVES, _image_processor, load_config
 
     tokenizer = train_tokenizer(["a few words of text to train on"] * 20, vocab_size=300)
-    cells = {**reproduce.CLASSIFICATION_CELLS, **reproduce.GENERATION_CELLS,
-             **reproduce.VISION_CLASSIFICATION_CELLS, **reproduce.VISION_GENERATION_CELLS}
-    for settings in cells.values():
-        config = load_config(reproduce.pretrain_config(settings, reproduce.SCALES[scale], 0, "unused"))
+    definitions = reproduce.load_definitions()
+    for settings in definitions.all_cells().values():
+        config = load_config(reproduce.pretrain_config(settings, definitions.scales[scale], 0, "unused"))
         objective = OBJECTIVES[config.objective]
         assert objective.make_collator(config, tokenizer if objective.modality == "text" else _image_processor(config), 0)
 
@@ -143,10 +144,12 @@ def test_glue_flag_adds_the_real_glue_tasks_and_their_metrics(tmp_path, monkeypa
 
     monkeypatch.setattr(hf_genssl.finetuning, "run_finetuning", fake_finetuning)
     monkeypatch.setattr(reproduce, "_pretrain", lambda *args, **kwargs: "checkpoint")
-    monkeypatch.setitem(reproduce.SCALES, "quick", reproduce.Scale({}, 1, 8, 1, seeds=1))
-    monkeypatch.setattr(reproduce, "CLASSIFICATION_CELLS", {"ar": {"objective": "ar"}})
-    text = reproduce.run_reproduce(str(tmp_path), quick=True, experiments=("classification",), glue=True)
-    assert seen == [*reproduce.TASKS, *reproduce.GLUE_TASKS]
+    shipped = reproduce.load_definitions()
+    definitions = dataclasses.replace(shipped, scales={"quick": reproduce.Scale({}, 1, 8, 1, seeds=1)},
+                                      classification_cells={"ar": {"objective": "ar"}})
+    text = reproduce.run_reproduce(str(tmp_path), quick=True, experiments=("classification",), glue=True,
+                                   definitions=definitions)
+    assert seen == [*shipped.tasks, *shipped.glue_tasks] and "glue/cola" in shipped.glue_tasks
     record = json.loads((tmp_path / "classification" / "ar-seed0.json").read_text())
     assert record["scores"]["glue/cola"] == 0.25 and " | glue/cola | " in text  # a column of the table
 
@@ -215,7 +218,7 @@ def test_vit_cells_are_evaluated_on_the_pixels_they_were_pretrained_on(tmp_path)
                             vit_pretrain={**MICRO_VIT_PRETRAIN, "max_images": 16, "max_steps": 1, "eval_every": 1},
                             vit_images=8, name="micro")
     cell = "vit_masked_0.75"
-    settings = reproduce.VISION_GENERATION_CELLS[cell]
+    settings = reproduce.load_definitions().vision_generation_cells[cell]
     run = reproduce._Run("vision_generation", cell, settings, 0, micro, tmp_path / "unused.json")
     vit = reproduce._pretrained_vit(tmp_path, run, cache, reproduce._image_tensors(micro, cache))
     evaluated = vit.images["test"][0]
@@ -244,3 +247,24 @@ def test_reconstruction_section_from_hand_written_json(tmp_path):
     assert "visible pixels) on the same images and hidden patches: L2 0.1150 ± 0.0050." in text
     # variable is worse by 0.0032, more than the spreads (0.0010 + 0.0001): not held
     assert "than the best fixed ratio (vit_masked_0.50)\": **not held**" in text
+
+
+def test_definitions_come_from_the_packaged_yaml_and_are_read_only():
+    """The experiments are package data (a wheel install has them), loaded when asked, not at import, and the
+    loaded object cannot be changed under a running experiment."""
+    from importlib.resources import files
+
+    import yaml
+
+    shipped = yaml.safe_load((files("hf_genssl") / "configs" / "experiments" / "reproduce.yaml").read_text())
+    definitions = reproduce.load_definitions()
+    assert definitions.tasks == tuple(shipped["tasks"]) and set(definitions.scales) == set(shipped["scales"])
+    assert dict(definitions.generation_cells) == shipped["generation_cells"]
+    assert definitions.scales["small"].name == "small"
+    assert not hasattr(reproduce, "SCALES") and not hasattr(reproduce, "CLASSIFICATION_CELLS")  # no import-time read
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        definitions.tasks = ()
+    with pytest.raises(TypeError):
+        definitions.scales["tiny"] = definitions.scales["quick"]
+    with pytest.raises(ValueError, match="Unknown keys"):
+        reproduce.Definitions.from_dict({**shipped, "classification_cell": {}})

@@ -1,6 +1,6 @@
 """Pretrain a GenSSL model with one Accelerate loop for every objective.
 
-    python training/pretrain.py --config tiny                      # training/configs/tiny.yaml
+    python training/pretrain.py --config tiny                      # the shipped config hf_genssl/configs/tiny.yaml
     python training/pretrain.py --config tiny --override objective=ar --override max_steps=50
     python training/pretrain.py --config tiny --output-dir runs/x --resume
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 training/pretrain.py --config tiny   # CPU: gloo

@@ -5,7 +5,7 @@
     python training/reproduce.py                    # the default scale, ~5 hours on 2 cores (resumable)
     python training/reproduce.py --scale gpu        # the GPU scale (bf16)
 
-The experiment definitions (cells, scales) are in ``training/configs/experiments/reproduce.yaml``; the code that
+The experiment definitions (cells, scales) are in ``hf_genssl/configs/experiments/reproduce.yaml``; the code that
 runs them is ``hf_genssl/reproduce.py``.
 """
 

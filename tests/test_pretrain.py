@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -274,3 +275,76 @@ def test_only_the_tied_head_save_warning_is_silenced(caplog):
         assert len(caplog.records) == 1 and "Removed shared tensor {'b'}" in caplog.records[0].getMessage()
         clean_state_dict_for_safetensors(dict(tied))
     assert len(caplog.records) == 2 and "Removed shared tensor {'lm_head.weight'}" in caplog.records[1].getMessage()
+
+
+ACCUMULATING = {**TINY, "objective": "semi_ar", "group_size": [1, 2, 3], "dropout": 0.1, "batch_size": 4,
+                "gradient_accumulation_steps": 2, "warmup_steps": 3, "max_steps": 8, "log_every": 1,
+                "eval_every": 1000, "save_every": 3}
+
+
+def cosine_with_warmup_by_hand(step: int, peak: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return peak * step / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+@pytest.fixture(scope="module")
+def accumulating_run(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("accumulating") / "straight"
+    return run_dir, run_pretraining({**ACCUMULATING, "output_dir": str(run_dir)})
+
+
+def test_learning_rate_follows_the_schedule_per_optimizer_step_with_accumulation(accumulating_run):
+    """With 2 micro-batches per optimizer step, the rate logged after optimizer step N is the schedule at N."""
+    _, result = accumulating_run
+    logged = [(r["step"], r["lr"]) for r in result["history"] if "lr" in r]
+    assert [step for step, _ in logged] == list(range(1, 9))
+    for step, lr in logged:
+        assert lr == pytest.approx(cosine_with_warmup_by_hand(step, 3e-3, 3, 8), rel=1e-9, abs=1e-12), step
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_mid_accumulation_is_bit_identical(accumulating_run, tmp_path, monkeypatch):
+    """gradient_accumulation_steps=2: a run that dies in the middle of optimizer step 5 (its first micro-batch) and is
+    resumed from its step-3 checkpoint ends with exactly the weights of a run that never stopped."""
+    from hf_genssl import GenSSLForPreTraining
+
+    forward, calls = GenSSLForPreTraining.forward, []
+
+    def dies_at_the_ninth_micro_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:  # micro-batches 1-6 are steps 1-3 (checkpoint-3 saved), 7-8 step 4, 9 opens step 5
+            raise KeyboardInterrupt("simulated kill")
+        return forward(self, *args, **kwargs)
+
+    crashed = tmp_path / "crashed"
+    with monkeypatch.context() as patch:
+        patch.setattr(GenSSLForPreTraining, "forward", dies_at_the_ninth_micro_batch)
+        with pytest.raises(KeyboardInterrupt, match="simulated kill"):
+            run_pretraining({**ACCUMULATING, "output_dir": str(crashed)})
+    assert not (crashed / "final").exists()
+    result = run_pretraining({**ACCUMULATING, "output_dir": str(crashed)}, resume=True)
+    assert result["steps"] == 8
+    a, b = weights(accumulating_run[0]), weights(crashed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+def test_push_to_hub_publishes_the_final_checkpoint_with_card_and_code(tmp_path):
+    """run_pretraining(push_to_hub=True) against the local fake Hub: the final folder's weights, code files,
+    tokenizer and model card are in the repo afterwards, byte for byte."""
+    from tests.fake_hub import FAKE_USER, fake_hub, hub_online
+
+    repo_id = f"{FAKE_USER}/genssl-tiny-pushed"
+    with fake_hub(tmp_path / "server") as endpoint, hub_online(endpoint):
+        result = run_pretraining({**TINY, "max_steps": 2, "eval_every": 2, "output_dir": str(tmp_path / "run"),
+                                  "push_to_hub": True, "hub_model_id": repo_id})
+        on_hub = endpoint.hub.files(repo_id)
+    final = Path(result["final_dir"])
+    for name in ("README.md", "config.json", "model.safetensors", "configuration_genssl.py", "modeling_genssl.py",
+                 "two_stream_attention.py", "tokenizer.json"):
+        assert name in on_hub, name
+        assert on_hub[name] == (final / name).read_bytes(), name
+    assert "hf_genssl" in on_hub["README.md"].decode() and "semi_autoregressive" in on_hub["README.md"].decode()

@@ -42,8 +42,7 @@ def run_demo(output_dir: str = "runs/demo", steps: int | None = None, finetune: 
     if steps:
         overrides["max_steps"] = steps
     start = time.perf_counter()
-    resume = (out / "pretrain" / "latest").exists()
-    pretrained = run_pretraining("tiny", overrides, resume=resume)
+    pretrained = run_pretraining("tiny", overrides, resume=True)  # continues (or reuses) an earlier demo's run
     pretrain_seconds = time.perf_counter() - start
     print("\nTraining loss (semi-autoregressive, g = 2):")
     print(ascii_curve(pretrained["history"]))

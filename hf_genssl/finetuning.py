@@ -165,8 +165,9 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
 
         try:
             results["hub_url"] = push_checkpoint(final_dir, cfg.hub_model_id or final_dir.name)
-        except HubPushError as error:
-            logger.error("%s", error)
+        except HubPushError as error:  # results and model are saved; the caller (and the CLI's exit status) must know
             results["hub_error"] = str(error)
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+            raise
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results

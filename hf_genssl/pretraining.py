@@ -8,8 +8,11 @@ What the loop guarantees:
 * warmup + cosine schedule, gradient accumulation, optional bf16, gradient clipping, periodic validation loss;
 * a progress bar (tokens/s, loss) and a JSON-lines log (``metrics.jsonl``; TensorBoard too when installed),
   written by the main process only;
-* atomic checkpoints: a checkpoint is written to ``checkpoint-N.tmp`` and renamed, then the ``latest`` pointer
-  is replaced atomically, so a kill mid-save never leaves a broken latest checkpoint;
+* atomic, verified checkpoints: a checkpoint is written to ``checkpoint-N.tmp`` with a sha256 manifest of its
+  files, renamed into place, then ``latest`` points at it and only then are old ones pruned; ``final/`` is
+  written the same way. Resume scans the folder for the newest checkpoint whose files match their manifest
+  (falling back past corrupt ones, saying so) and refuses to start over in a folder that holds checkpoints;
+  ``metrics.jsonl`` after a resume equals that of an uninterrupted run;
 * bit-exact resume: Accelerate's seedable sampler, its saved RNG states, the LR scheduler, and the collator's
   own generator state; resuming with a different config is refused, naming the keys that differ;
 * runs unchanged under ``accelerate launch --multi_gpu --num_processes N`` (gloo on CPU).
@@ -22,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -433,16 +437,100 @@ def _image_data(cfg: PretrainConfig) -> tuple[list[dict], list[dict], str]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "latest"
-    if not pointer.exists():
-        return None
-    path = run_dir / pointer.read_text().strip()
-    return path if (path / "trainer_state.json").exists() else None
+MANIFEST = "manifest.json"
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 
-def _save_checkpoint(accelerator, run_dir: Path, step: int, cfg: PretrainConfig) -> None:
-    """Write ``checkpoint-step`` atomically, then point ``latest`` at it, then prune old ones."""
+class CheckpointError(ValueError):
+    """A run folder holds checkpoints that cannot be resumed (none intact), or a run where a fresh one was asked."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """sha256 of every file in ``folder`` (written last: a folder with a manifest was completely written)."""
+    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+             and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"sha256": files}, indent=1))
+
+
+def _manifest_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be trusted (missing / changed file), or None when every file matches its manifest.
+
+    Checkpoints written before manifests existed (a ``trainer_state.json`` and no manifest) pass unverified."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["sha256"]
+    except FileNotFoundError:
+        if (folder / "trainer_state.json").is_file():
+            logger.warning("%s has no %s (written by an older hf_genssl); resuming from it unverified", folder, MANIFEST)
+            return None
+        return "it is incomplete (no trainer_state.json, no manifest)"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its manifest is unreadable ({error})"
+    if "trainer_state.json" not in files:
+        return "its manifest lists no trainer_state.json"
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its sha256 in the manifest (corrupted)"
+    return None
+
+
+def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``checkpoint-N`` folder, newest first (``*.tmp`` half-written ones excluded)."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
+    return sorted(found, reverse=True)
+
+
+def _find_checkpoint(run_dir: Path) -> Path | None:
+    """The newest intact checkpoint, found by scanning the folder (the ``latest`` pointer is only a convenience).
+
+    A newer checkpoint that fails verification is skipped with a warning naming it and why; when checkpoints
+    exist but none is intact, a :class:`CheckpointError` is raised: starting over would overwrite them.
+    """
+    problems = []
+    for _, folder in _checkpoint_dirs(run_dir):
+        problem = _manifest_problem(folder)
+        if problem is None:
+            if problems:
+                logger.warning("falling back to %s: %s", folder.name, "; ".join(problems))
+            return folder
+        problems.append(f"{folder.name} is unusable ({problem})")
+    if problems:
+        raise CheckpointError(f"{run_dir} holds checkpoints but none is intact: {'; '.join(problems)}. Refusing to "
+                              "start over in it; move them away or choose another output_dir.")
+    return None
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    return bool(_checkpoint_dirs(run_dir)) or (run_dir / "final" / "model.safetensors").exists()
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the complete folder ``tmp`` to ``final``; an existing ``final`` is moved aside first and deleted
+    only once its replacement is in place (a kill in between leaves ``final.old`` complete, never nothing)."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(accelerator, run_dir: Path, step: int, cfg: PretrainConfig, log_state: dict | None = None) -> None:
+    """Write ``checkpoint-step`` to a temporary folder with its sha256 manifest, rename it into place, point
+    ``latest`` at it, then prune the oldest beyond ``keep_checkpoints``: no checkpoint is deleted before a newer
+    complete one exists. ``log_state`` (the open logging window) makes the logs of a resumed run continue exactly."""
     name = f"checkpoint-{step}"
     tmp = run_dir / f"{name}.tmp"
     if accelerator.is_main_process:
@@ -452,21 +540,24 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, cfg: PretrainConfig)
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"step": step, "fingerprint": cfg.fingerprint(), "config": cfg.training_dict()}
+        state = {"step": step, "fingerprint": cfg.fingerprint(), "config": cfg.training_dict(),
+                 "log_window": log_state or {}}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-        final = run_dir / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        _write_manifest(tmp)
+        _publish(tmp, run_dir / name)
         pointer_tmp = run_dir / "latest.tmp"
         pointer_tmp.write_text(name)
         os.replace(pointer_tmp, run_dir / "latest")
-        checkpoints = sorted(run_dir.glob("checkpoint-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
-        for old in checkpoints[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old_step, old in _checkpoint_dirs(run_dir)[cfg.keep_checkpoints :]:
+            if old_step < step:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in run_dir.glob("checkpoint-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def _check_resumable(checkpoint: Path, cfg: PretrainConfig) -> int:
+def _check_resumable(checkpoint: Path, cfg: PretrainConfig) -> tuple[int, dict]:
+    """``(step, logging window)`` of ``checkpoint``; a different training config is refused, naming the keys."""
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     if state["fingerprint"] != cfg.fingerprint():
         saved, now = state["config"], cfg.training_dict()
@@ -476,7 +567,20 @@ def _check_resumable(checkpoint: Path, cfg: PretrainConfig) -> int:
             + ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differing)
             + ". Use a new output_dir, or the original config."
         )
-    return int(state["step"])
+    return int(state["step"]), state.get("log_window") or {}
+
+
+def _resume_log(log_path: Path, step: int) -> list[dict]:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (rows logged after the checkpoint are about to be logged
+    again), rewriting the file atomically; return them."""
+    if not log_path.exists():
+        return []
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    kept = [row for row in rows if row.get("step", 0) <= step]
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    os.replace(tmp, log_path)
+    return kept
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -547,11 +651,17 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         # per process, which makes an N-process run follow a different schedule than a 1-process run.
         step_scheduler_with_optimizer=False,
     )
-    checkpoint = _latest_checkpoint(run_dir) if resume else None
-    if not resume and accelerator.is_main_process and _latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another output_dir.")
-    start_step = _check_resumable(checkpoint, cfg) if checkpoint else 0
+    # Every rank decides from the folder itself (a shared filesystem), so no rank waits for one that refused.
+    if not resume and _holds_a_run(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another "
+                              "output_dir.")
+    checkpoint = _find_checkpoint(run_dir) if resume else None
+    start_step, log_window = _check_resumable(checkpoint, cfg) if checkpoint else (0, {})
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for newer_step, unusable in _checkpoint_dirs(run_dir):
+            if checkpoint and newer_step > start_step:  # kept for inspection, out of the way of later saves
+                os.replace(unusable, unusable.with_name(unusable.name + ".unusable"))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     set_seed(cfg.seed)
@@ -603,9 +713,12 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
     micro_done = start_step * cfg.gradient_accumulation_steps
     epoch = micro_done // micro_per_epoch
     skip = micro_done % micro_per_epoch
-    step, tokens_seen = start_step, 0
-    window_loss, window_steps, window_start, run_start = 0.0, 0, time.perf_counter(), time.perf_counter()
-    history: list[dict] = []
+    step, tokens_seen = start_step, int(log_window.get("tokens", 0))
+    window_loss, window_steps = float(log_window.get("loss", 0.0)), int(log_window.get("steps", 0))
+    window_start = time.perf_counter() - float(log_window.get("seconds", 0.0))
+    run_start = time.perf_counter()
+    # rows logged after the checkpoint are logged again below: drop them so a resumed log equals an uninterrupted one
+    history: list[dict] = _resume_log(log_path, start_step) if accelerator.is_main_process else []
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process),
                desc=f"pretrain {cfg.objective}", unit="step")
     model.train()
@@ -654,29 +767,38 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
                         if key != "step":
                             writer.add_scalar(key, value, step)
             if step % cfg.save_every == 0 and step < cfg.max_steps:
-                _save_checkpoint(accelerator, run_dir, step, cfg)
+                _save_checkpoint(accelerator, run_dir, step, cfg, {
+                    "loss": window_loss, "steps": window_steps, "tokens": tokens_seen,
+                    "seconds": time.perf_counter() - window_start})
             if step >= cfg.max_steps:
                 break
         epoch += 1
     bar.close()
-    _save_checkpoint(accelerator, run_dir, step, cfg)
+    if step > start_step or checkpoint is None:  # a resumed finished run has its last checkpoint already
+        _save_checkpoint(accelerator, run_dir, step, cfg)
 
     final_dir = run_dir / "final"
+    push_error = None
     if accelerator.is_main_process:
-        model_to_save = accelerator.unwrap_model(model)
-        model_to_save.save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
-        _write_card(final_dir, cfg, objective, history, data_name, time.perf_counter() - run_start)
+        # written next to final/ and renamed: `genssl reproduce` takes final/model.safetensors as "this run is done"
+        final_tmp = run_dir / "final.tmp"
+        shutil.rmtree(final_tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(final_tmp)
+        tokenizer.save_pretrained(final_tmp)
+        _write_card(final_tmp, cfg, objective, history, data_name, time.perf_counter() - run_start)
+        _publish(final_tmp, final_dir)
+        if writer:
+            writer.close()
         if cfg.push_to_hub:
             from .hub import HubPushError, push_checkpoint
 
             try:
                 logger.info("pushed to %s", push_checkpoint(final_dir, cfg.hub_model_id or final_dir.parent.name))
-            except HubPushError as error:  # the local checkpoint is intact; say why and finish the run
-                logger.error("%s", error)
-        if writer:
-            writer.close()
+            except HubPushError as error:  # the run is saved; the caller (and the CLI's exit status) must know
+                push_error = error
     accelerator.wait_for_everyone()
+    if push_error is not None:
+        raise push_error
     val = [r["val_loss"] for r in history if "val_loss" in r]
     return {"final_dir": str(final_dir), "steps": step, "history": history,
             "final_val_loss": val[-1] if val else None, "seconds": time.perf_counter() - run_start,
@@ -703,7 +825,7 @@ def _write_card(final_dir: Path, cfg: PretrainConfig, objective: Objective, hist
         results["validation perplexity (exp loss)"] = round(math.exp(val[-1]), 2)
     try:
         write_model_card(final_dir, "vision_model" if objective.modality == "image" else "language_model", {
-            "repo_id": final_dir.name, "objective": objective.card_name,
+            "repo_id": final_dir.name.removesuffix(".tmp"), "objective": objective.card_name,
             "objective_hparams": {"group_size": cfg.group_size, "mask_ratio_range": cfg.mask_ratio_range,
                                   "seq_len": cfg.seq_len, "steps": cfg.max_steps, "batch_size": cfg.batch_size,
                                   "learning_rate": cfg.learning_rate},

@@ -171,7 +171,7 @@ def _pretrain(out: Path, run: _Run, cache_dir) -> str:
     if (run_dir / "final" / "model.safetensors").exists():
         return str(run_dir / "final")
     config = pretrain_config(run.settings, run.scale, run.seed, str(run_dir), cache_dir)
-    return run_pretraining(config, resume=(run_dir / "latest").exists())["final_dir"]
+    return run_pretraining(config, resume=True)["final_dir"]  # resumes from the newest intact checkpoint, if any
 
 
 def _pending(out: Path, experiment: str, cells: dict[str, dict], scale: Scale):

@@ -8,10 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from hf_genssl.pretraining import load_config, run_pretraining
@@ -153,7 +155,12 @@ def test_shipped_configs_load():
 
     assert {"tiny", "small", "paper", "vit_tiny"} <= set(config_names())
     for name in config_names():
-        assert load_config(name) == load_config(str(shipped_config(name)))
+        config = load_config(name)
+        assert load_config(str(shipped_config(name))) == config
+        loaded = asdict(config)
+        for key, value in yaml.safe_load(shipped_config(name).read_text()).items():  # every value in the file is used
+            assert loaded[key] == (float(value) if isinstance(loaded[key], float) else value), (name, key)
+    assert load_config("paper").gradient_accumulation_steps == 4
 
 
 @pytest.mark.slow

@@ -128,7 +128,17 @@ def test_every_cell_of_every_scale_is_a_valid_pretraining_config(scale):
     for settings in definitions.all_cells().values():
         config = load_config(reproduce.pretrain_config(settings, definitions.scales[scale], 0, "unused"))
         objective = OBJECTIVES[config.objective]
-        assert objective.make_collator(config, tokenizer if objective.modality == "text" else _image_processor(config), 0)
+        text = objective.modality == "text"
+        collator = objective.make_collator(config, tokenizer if text else _image_processor(config), 0)
+        if hasattr(collator, "group_size"):  # the cell's group size reaches the collator (AR is one token per group)
+            assert collator.group_size == (1 if config.objective.endswith("ar") and "semi" not in config.objective
+                                           else config.group_size), settings
+        if hasattr(collator, "mask_ratio_range"):
+            assert tuple(collator.mask_ratio_range) == tuple(config.mask_ratio_range), settings
+        assert hasattr(collator, "group_size") != hasattr(collator, "mask_ratio_range"), type(collator)
+        if text:
+            batch = collator([tokenizer("a few words of text")["input_ids"]] * 2)
+            assert (batch["labels"] != -100).any(), settings
 
 
 def test_glue_flag_adds_the_real_glue_tasks_and_their_metrics(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .sources import cache_root, fetch_source
+from .sources import cache_root, fetch_source, file_hashes, hashes_problem
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -232,14 +232,36 @@ def saved_params(path: Path) -> dict | None:
 
 
 def save_atomically(data: DatasetDict, path: Path, meta: dict) -> None:
-    """``save_to_disk`` into a temporary folder next to ``path``, then rename it into place."""
+    """``save_to_disk`` into a temporary folder next to ``path`` with a sha256 manifest of its files in the meta
+    file, then rename it into place (an old copy is moved aside and deleted only once the new one is in place)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     data.save_to_disk(str(tmp))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    (tmp / META_FILE).write_text(json.dumps({**meta, "sha256": file_hashes(tmp, skip=(META_FILE,))}, indent=2))
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
     if path.exists():
-        shutil.rmtree(path)
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _intact(path: Path, params: dict) -> bool:
+    """``path`` holds a dataset built with ``params`` whose files match the manifest saved with it."""
+    if saved_params(path) != params:
+        if path.exists():
+            logger.info("%s was built with other settings; rebuilding", path)
+        return False
+    try:
+        expected = json.loads((path / META_FILE).read_text()).get("sha256")
+    except (OSError, ValueError):
+        return False
+    if not isinstance(expected, dict):  # saved by an older hf_genssl without a manifest
+        logger.info("%s has no manifest; rebuilding it to verify later loads", path)
+        return False
+    problem = hashes_problem(path, expected)
+    if problem:
+        logger.warning("%s is corrupt (%s); rebuilding it from its verified source", path, problem)
+    return problem is None
 
 
 def cached_dataset(path: Path, params: dict, build: Callable[[], DatasetDict],
@@ -247,17 +269,18 @@ def cached_dataset(path: Path, params: dict, build: Callable[[], DatasetDict],
     """Load the ``DatasetDict`` saved at ``path`` if it was built with ``params``; else build, save, load it.
 
     ``params`` (with a format version) is stored next to the data, so a change of settings or of the
-    building code rebuilds instead of silently reusing a stale copy. A lock makes concurrent callers (DDP
-    ranks) build once.
+    building code rebuilds instead of silently reusing a stale copy; so does a file that no longer matches
+    the sha256 manifest saved with it. A copy that verifies is loaded without a lock or any write (a read-only
+    cache works); otherwise a lock makes concurrent callers (DDP ranks) build once.
     """
     from datasets import load_from_disk
     from filelock import FileLock
 
+    if _intact(path, params):
+        return load_from_disk(str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.parent / f".{path.name}.lock")):
-        if saved_params(path) != params:
-            if path.exists():
-                logger.info("%s was built with other settings; rebuilding", path)
+        if not _intact(path, params):
             data = build()
             save_atomically(data, path, {"params": params, **({"report": report(data)} if report else {})})
         return load_from_disk(str(path))

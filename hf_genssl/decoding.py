@@ -74,7 +74,9 @@ def _vocab_logits(head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
 
 def _backbone_and_head(model):
     if not hasattr(model, "model") or not hasattr(model, "lm_head"):
-        raise TypeError("Pass a GenSSL model with a language-model head (GenSSLForCausalLM, ...ForPreTraining, ...ForMaskedLM).")
+        raise TypeError(
+            "Pass a GenSSL model with a language-model head (GenSSLForCausalLM, ...ForPreTraining, ...ForMaskedLM)."
+        )
     return model.model, model.lm_head
 
 

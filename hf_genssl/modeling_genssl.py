@@ -410,6 +410,16 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
         the sampling. What cannot apply to tokens emitted together (beam search, contrastive, assisted decoding)
         raises a ``ValueError`` that lists what is supported.
         """
+        settings = kwargs.get("generation_config") or (args[0] if args else None) or self.generation_config
+        implementation = kwargs.get("cache_implementation", getattr(settings, "cache_implementation", None))
+        given = kwargs.get("cache", kwargs.get("past_key_values"))
+        static = given is not None and not isinstance(given, DynamicCache)
+        if implementation not in (None, "dynamic", "offloaded") or static:
+            raise ValueError(
+                "GenSSL's two-stream attention masks keys by group id and supports the dynamic KV cache only "
+                "(cache_implementation None, 'dynamic' or 'offloaded', or a DynamicCache); "
+                f"got {implementation or type(given).__name__!r}."
+            )
         if group_size is None or group_size == 1:
             if kwargs.get("generator") is not None:
                 raise ValueError("generator= seeds group-parallel decoding (group_size > 1); transformers' generate "

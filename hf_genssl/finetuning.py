@@ -78,7 +78,7 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
         set_seed,
     )
 
-    from hf_genssl.data.tasks import load_task, task_info
+    from hf_genssl.data.tasks import check_labels, load_task, task_info
     from hf_genssl.hub import from_pretrained
     from hf_genssl.metrics import compute_glue_metric
 
@@ -89,6 +89,8 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
     data = load_task(cfg.task, cache_dir=cfg.cache_dir)
     eval_split = "validation" if "validation" in data else "test"
     train, evaluation = data["train"], data[eval_split]
+    for split, part in (("train", train), (eval_split, evaluation)):  # before any model loading or training
+        check_labels(part, split, f"task {cfg.task}", num_labels=None if info.is_regression else info.num_labels)
     if cfg.max_train_samples:
         train = train.shuffle(seed=cfg.seed).select(range(min(cfg.max_train_samples, len(train))))
     if cfg.max_eval_samples:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,37 @@ def test_genssl_checkpoints_load_through_the_registered_classes(genssl_checkpoin
     result = prefix_perplexity(str(genssl_checkpoint), ["the of and to a in that is"])
     assert result.tokens_scored > 0
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"train.csv": "sentence,label\n" + "a,0\nb,1\nc,0\nd,-1\ne,1\n"},
+     r"train\.csv: train row 3 \(line 5\) has label -1: class labels must be >= 0\."),
+    ({"train.csv": "sentence,label\n" + "a,0.5\nb,nan\nc,2.0\n", "dev.csv": "sentence,label\nd,1.0\n"},
+     r"train\.csv: train row 1 \(line 3\) has label .*nan.*: regression targets must be finite numbers\."),
+    ({"train.jsonl": '{"sentence": "a", "label": 0}\n{"sentence": "b", "label": 1}\n', "validation.jsonl": "\n"},
+     r"validation\.jsonl: the validation split is empty"),
+    ({"train.csv": "sentence,label\na,x\nb,y\n", "validation.csv": "sentence,label\n"},
+     r"validation\.csv: the validation split is empty"),
+])
+def test_finetuning_data_is_checked_before_anything_is_loaded(tmp_path, capsys, files, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text)
+    # no model at that path: the data must be refused before the model is even looked for
+    assert cli.main(["finetune", "--model", str(tmp_path / "no-model"), "--task", str(data),
+                     "--output-dir", str(tmp_path / "ft")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("genssl finetune: error: ")
+    assert re.search(message, error), error
+
+
+def test_finetuning_labels_are_checked_against_the_task(tmp_path):
+    from datasets import Dataset
+
+    from hf_genssl.data.tasks import check_labels
+
+    with pytest.raises(ValueError, match=r"task x: train row 2 has label 5: class labels must be in \[0, 3\)"):
+        check_labels(Dataset.from_dict({"sentence": ["a", "b", "c"], "label": [0, 2, 5]}), "train", "task x",
+                     num_labels=3)
+    check_labels(Dataset.from_dict({"sentence": ["a"], "label": [2]}), "train", "task x", num_labels=3)

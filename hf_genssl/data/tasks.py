@@ -52,6 +52,7 @@ __all__ = [
     "RT_NEUTRAL_BAND",
     "TASKS",
     "TaskInfo",
+    "check_labels",
     "label_distribution",
     "load_task",
     "task_info",
@@ -352,6 +353,14 @@ def _load_local(path: Path | None, data_files: Mapping[str, Any] | None, cache_d
         raise ValueError(f"{where}: mixed or unsupported file types {sorted(suffixes)}; use one of "
                          f"{sorted(LOCAL_BUILDERS)} for every split.")
     options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
+    for split, value in files.items():  # datasets' own error for an empty file does not name it
+        for file in [value] if isinstance(value, (str, os.PathLike)) else value:
+            if Path(file).suffix in (".csv", ".tsv", ".jsonl") and Path(file).is_file():
+                with open(file, encoding="utf-8", errors="replace") as handle:
+                    lines = sum(1 for line in handle if line.strip())
+                if lines <= (0 if Path(file).suffix == ".jsonl" else 1):  # csv / tsv: the header only
+                    raise ValueError(f"{file}: the {split} split is empty; fine-tuning needs examples in train and "
+                                     "validation.")
     data = load_dataset(LOCAL_BUILDERS[suffix], data_files=files, cache_dir=str(cache_root(cache_dir) / "hf_datasets"),
                         **options)
     validate_glue_columns(data, where)
@@ -363,6 +372,11 @@ def _load_local(path: Path | None, data_files: Mapping[str, Any] | None, cache_d
     for split in labelled:
         if data[split].features["label"].dtype in ("float64", "float16"):
             data[split] = data[split].cast_column("label", Value("float32"))
+    for split in ("train", "validation"):  # before the hold-out below, so that rows are the files' rows
+        if split in data:
+            file = files[split] if isinstance(files[split], (str, os.PathLike)) else None
+            check_labels(data[split], split, str(file or where), line_offset={".csv": 2, ".tsv": 2, ".jsonl": 1}.get(
+                Path(file).suffix) if file else None)
     if "validation" not in data:
         stratify = "label" if isinstance(data["train"].features["label"], ClassLabel) else None
         logger.info("%s has no validation split; holding out a fixed 10%% of train", where)
@@ -372,6 +386,34 @@ def _load_local(path: Path | None, data_files: Mapping[str, Any] | None, cache_d
         if "idx" not in data[split].column_names:
             data[split] = data[split].add_column("idx", np.arange(len(data[split]), dtype=np.int32))
     return data
+
+
+def check_labels(data: Dataset, split: str, where: str, num_labels: int | None = None,
+                 line_offset: int | None = None) -> None:
+    """One-line ``ValueError`` naming ``where`` (a file or task) and the row when ``split`` cannot be trained or
+    evaluated on: no rows; a regression label (float) that is NaN or infinite; a class label below 0 or, given
+    ``num_labels``, at or above it. ``line_offset`` turns a row number into the file's line (csv header: 2)."""
+    from datasets import ClassLabel
+
+    if len(data) == 0:
+        raise ValueError(f"{where}: the {split} split is empty; fine-tuning needs examples in train and validation.")
+    if "label" not in data.column_names:
+        return
+    labels = column(data, "label")
+    feature = data.features["label"]
+    regression = not isinstance(feature, ClassLabel) and str(feature.dtype).startswith("float")
+    if regression:
+        bad = np.flatnonzero(~np.isfinite(labels.astype(np.float64)))
+        rule = "regression targets must be finite numbers"
+    else:
+        labels = labels.astype(np.int64)
+        bad = np.flatnonzero((labels < 0) | (labels >= (num_labels if num_labels is not None else np.iinfo(np.int64).max)))
+        rule = f"class labels must be in [0, {num_labels})" if num_labels is not None else "class labels must be >= 0"
+    if len(bad):
+        row = int(bad[0])
+        line = f" (line {row + line_offset})" if line_offset is not None else ""
+        raise ValueError(f"{where}: {split} row {row}{line} has label {labels[row].item()!r}: {rule}"
+                         + (f" ({len(bad)} such rows)." if len(bad) > 1 else "."))
 
 
 def _local_info(name: str, data: DatasetDict) -> TaskInfo:

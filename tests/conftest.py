@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cold_data_cache() -> str:
+    """A data cache whose built datasets start empty in every test session, sharing only the verified raw downloads.
+
+    The data builders (corpus splits, tasks, images) save what they build under ``<cache>/datasets`` and reuse it
+    while the build settings match; a warm copy would hide a bug in the building code (a split that leaks
+    validation documents into train passed on a developer's cache). So the session gets a fresh cache folder in
+    which ``downloads/``, ``sources/`` and ``locks/`` link to the user's cache (``$GENSSL_CACHE`` or
+    ``~/.cache/hf_genssl``; every fetch checks an archive's sha256) and ``datasets/`` is empty. Tests that corrupt a
+    cache use their own tmp_path.
+    """
+    warm = Path(os.environ.get("GENSSL_CACHE") or "~/.cache/hf_genssl").expanduser()
+    cold = Path(tempfile.mkdtemp(prefix="genssl-test-cache-"))
+    for name in ("downloads", "sources", "locks"):
+        (warm / name).mkdir(parents=True, exist_ok=True)
+        (cold / name).symlink_to(warm / name, target_is_directory=True)
+    os.environ["HF_DATASETS_CACHE"] = str(cold / "hf_datasets")  # datasets' own map/parse cache: cold as well
+    atexit.register(shutil.rmtree, cold, True)  # removes the links, never what they point to
+    return str(cold)
+
+
+os.environ["GENSSL_CACHE"] = _cold_data_cache()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -514,10 +514,27 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def generate(self, input_ids: torch.LongTensor, max_new_tokens: int = 32, **kwargs) -> torch.LongTensor:
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        generation_config: GenerationConfig | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.LongTensor:
         """Generate by iterative unmasking: ``strategy="left_to_right"`` (default) or ``"confidence"`` with
-        ``tokens_per_step``; see :func:`hf_genssl.decoding.unmasking_generate`."""
-        return unmasking_generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+        ``tokens_per_step``; see :func:`hf_genssl.decoding.unmasking_generate`.
+
+        A ``GenerationConfig`` may give ``max_new_tokens`` (default 32), ``do_sample``, ``temperature``, ``top_k`` and
+        ``top_p``; keyword arguments override it. Prompts must not be padded (an all-ones ``attention_mask`` is fine).
+        """
+        if attention_mask is not None and not bool((attention_mask == 1).all()):
+            raise ValueError("Iterative unmasking takes unpadded prompts: generate one prompt (or one length) at a time.")
+        if generation_config is not None:
+            for name in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p"):
+                if getattr(generation_config, name, None) is not None:
+                    kwargs.setdefault(name, getattr(generation_config, name))
+        kwargs.setdefault("max_new_tokens", 32)
+        return unmasking_generate(self, input_ids, **kwargs)
 
     def forward(
         self,

@@ -330,3 +330,29 @@ def test_left_to_right_unmasking():
         seq[0, t] = logits.argmax()
     assert torch.equal(out, seq)
     assert not (model.generate(prompt, max_new_tokens=7, strategy="confidence", tokens_per_step=3) == MASK).any()
+
+
+def test_masked_generate_takes_a_generation_config(masked):
+    prompt = torch.tensor([[1, 17, 42]])
+    config = GenerationConfig(max_new_tokens=5, do_sample=True, temperature=0.7, top_k=3)
+    from_config = masked.generate(prompt, generation_config=config, generator=torch.Generator().manual_seed(0))
+    from_kwargs = masked.generate(prompt, max_new_tokens=5, do_sample=True, temperature=0.7, top_k=3,
+                                  generator=torch.Generator().manual_seed(0))
+    greedy = masked.generate(prompt, max_new_tokens=5)
+    assert from_config.shape == (1, 8) and torch.equal(from_config, from_kwargs) and not torch.equal(from_config, greedy)
+    with pytest.raises(ValueError, match="unpadded"):
+        masked.generate(torch.tensor([[0, 1, 17]]), attention_mask=torch.tensor([[0, 1, 1]]))
+
+
+def test_text_generation_pipeline_with_groups(tokenizer):
+    """The text-generation pipeline hands group_size to generate: same text as generate called directly."""
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    model = GenSSLForCausalLM(tiny_config(vocab_size=len(tokenizer), initializer_range=0.5)).eval()
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    text = generator("the man said", max_new_tokens=6, group_size=2, do_sample=False,
+                     return_full_text=False)[0]["generated_text"]
+    ids = tokenizer("the man said", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=6, group_size=2)
+    assert text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

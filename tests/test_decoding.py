@@ -339,7 +339,8 @@ def test_masked_generate_takes_a_generation_config(masked):
     from_kwargs = masked.generate(prompt, max_new_tokens=5, do_sample=True, temperature=0.7, top_k=3,
                                   generator=torch.Generator().manual_seed(0))
     greedy = masked.generate(prompt, max_new_tokens=5)
-    assert from_config.shape == (1, 8) and torch.equal(from_config, from_kwargs) and not torch.equal(from_config, greedy)
+    assert from_config.shape == (1, 8) and torch.equal(from_config, from_kwargs)
+    assert not torch.equal(from_config, greedy)
     with pytest.raises(ValueError, match="unpadded"):
         masked.generate(torch.tensor([[0, 1, 17]]), attention_mask=torch.tensor([[0, 1, 1]]))
 

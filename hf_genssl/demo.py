@@ -44,7 +44,7 @@ def run_demo(output_dir: str = "runs/demo", steps: int | None = None, finetune: 
     start = time.perf_counter()
     pretrained = run_pretraining("tiny", overrides, resume=True)  # continues (or reuses) an earlier demo's run
     pretrain_seconds = time.perf_counter() - start
-    print("\nTraining loss (semi-autoregressive, g = 2):")
+    print(f"\nTraining loss (semi-autoregressive, g = 2; precision: {pretrained['mixed_precision']}):")
     print(ascii_curve(pretrained["history"]))
 
     final = pretrained["final_dir"]

@@ -15,13 +15,19 @@ transformers' own logits warpers.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Literal
 
 import torch
 from transformers import GenerationConfig, GenerationMixin
 from transformers.cache_utils import DynamicCache
-from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, StoppingCriteriaList
+from transformers.generation import (
+    GenerateDecoderOnlyOutput,
+    GenerationMode,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -84,7 +90,8 @@ def _backbone_and_head(model):
 GROUP_DECODING_SUPPORTS = (
     "greedy decoding and sampling (do_sample, temperature, top_k, top_p, min_p, typical_p, ...), every logits "
     "processor (repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_new_tokens, logits_processor=...), "
-    "stopping criteria (max_length / max_new_tokens, eos_token_id, stop_strings, stopping_criteria=...), "
+    "stopping criteria (max_length / max_new_tokens, eos_token_id, stop_strings with tokenizer=, "
+    "stopping_criteria=...), "
     "streamer, num_return_sequences, generator, and return_dict_in_generate with output_scores / output_logits"
 )
 
@@ -133,6 +140,18 @@ def group_parallel_generate(
     for name in ("output_attentions", "output_hidden_states"):
         if kwargs.get(name) or (generation_config is not None and getattr(generation_config, name, False)):
             raise _unsupported(f"{name} (a pass returns the rows of a whole group, not one token's)", group_size)
+    # generate() hands a custom_generate callable only the arguments its signature adds, so the tokenizer that
+    # stop strings need would be lost: build their stopping criterion here.
+    tokenizer = kwargs.pop("tokenizer", None)
+    stop_strings = kwargs.pop("stop_strings", None)
+    if stop_strings is None and generation_config is not None and generation_config.stop_strings:
+        generation_config = copy.deepcopy(generation_config)
+        stop_strings, generation_config.stop_strings = generation_config.stop_strings, None
+    if stop_strings:
+        if tokenizer is None:
+            raise ValueError("stop_strings need the model's tokenizer: pass tokenizer= to generate.")
+        stop = StopStringCriteria(tokenizer, stop_strings)
+        stopping_criteria = StoppingCriteriaList([*(stopping_criteria or []), stop])
     decode = functools.partial(group_parallel_decode, group_size=group_size, streamer=streamer, generator=generator)
     return GenerationMixin.generate(
         model,

@@ -357,3 +357,19 @@ def test_text_generation_pipeline_with_groups(tokenizer):
     ids = tokenizer("the man said", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=6, group_size=2)
     assert text == tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_stop_strings_with_groups(tokenizer):
+    """stop_strings (which need the tokenizer) stop group decoding where they stop transformers' generate."""
+    torch.manual_seed(0)
+    model = GenSSLForCausalLM(tiny_config(vocab_size=len(tokenizer), initializer_range=0.5)).eval()
+    ids = tokenizer("the man said", return_tensors="pt")
+    P = ids["input_ids"].shape[1]
+    free = model.generate(**ids, max_new_tokens=8, group_size=2)
+    stop = tokenizer.decode(free[0, P + 2])  # the first token of the second group
+    out = model.generate(**ids, max_new_tokens=8, group_size=2, stop_strings=[stop], tokenizer=tokenizer)
+    assert torch.equal(out, free[:, :P + 3])
+    config = GenerationConfig(max_new_tokens=8, stop_strings=[stop])
+    assert torch.equal(model.generate(**ids, generation_config=config, group_size=2, tokenizer=tokenizer), out)
+    with pytest.raises(ValueError, match="tokenizer"):
+        model.generate(**ids, max_new_tokens=8, group_size=2, stop_strings=[stop])

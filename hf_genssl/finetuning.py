@@ -42,8 +42,9 @@ class FinetuneConfig:
     lora_r: int = 8
     cache_dir: str | None = None
     push_to_hub: bool = False
-    hub_model_id: str | None = None
+    hub_model_id: str | None = None  # required with push_to_hub (``user/name`` or ``name``)
     trust_remote_code: bool = False  # run code shipped with the checkpoint (GenSSL checkpoints never need it)
+    report_to: str | list[str] = "none"  # Trainer's integrations: "tensorboard", "wandb", "all", ...
     extra: dict = field(default_factory=dict)
 
 
@@ -83,6 +84,9 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
     from hf_genssl.metrics import compute_glue_metric
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
+    if cfg.push_to_hub and not cfg.hub_model_id:
+        raise ValueError("push_to_hub needs hub_model_id (--hub-model-id user/name): the Hub repo is not guessed from "
+                         "the output folder's name.")
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     info = task_info(cfg.task)
@@ -135,7 +139,7 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
         output_dir=str(out / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=2 * cfg.batch_size,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, eval_strategy="epoch", save_strategy="no",
-        logging_strategy="epoch", report_to=[], seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
+        logging_strategy="epoch", report_to=cfg.report_to, seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok,
@@ -161,15 +165,56 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    card = _write_card(final_dir, cfg, info, results)
     logger.info("fine-tuned %s on %s: %s", cfg.model, cfg.task, {k: v for k, v in final.items() if k.startswith("eval_")})
     if cfg.push_to_hub:
         from hf_genssl.hub import HubPushError, push_checkpoint
 
         try:
-            results["hub_url"] = push_checkpoint(final_dir, cfg.hub_model_id or final_dir.name)
+            results["hub_url"] = push_checkpoint(final_dir, cfg.hub_model_id, card=card)
         except HubPushError as error:  # results and model are saved; the caller (and the CLI's exit status) must know
             results["hub_error"] = str(error)
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
             raise
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
+
+
+def _write_card(final_dir: Path, cfg: FinetuneConfig, info, results: dict):
+    """Write the fine-tuned checkpoint's card; return a function rendering it for a Hub repo id (for the push)."""
+    from hf_genssl.model_card import render_model_card, tokenizer_needs_remote_code, write_model_card
+
+    metrics = {key.removeprefix("eval_"): value for key, value in results["final"].items()
+               if key.startswith("eval_") and key not in ("eval_runtime", "eval_samples_per_second",
+                                                           "eval_steps_per_second")}
+    hparams = {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
+               "max_length": cfg.max_length, "weight_decay": cfg.weight_decay, "warmup_ratio": cfg.warmup_ratio,
+               "seed": cfg.seed, **({"lora_r": cfg.lora_r} if cfg.lora else {})}
+    base = cfg.model
+    fields = {
+        "repo_id": cfg.hub_model_id or str(final_dir), "model_name": cfg.hub_model_id or final_dir.parent.name,
+        "objective": "sequence_classification", "tags": ["text-classification"],
+        "objective_description": (f"fine-tuned from `{base}` on `{cfg.task}` with transformers' `Trainer`"
+                                  + (" (LoRA adapters, merged into the weights)" if cfg.lora else "")
+                                  + "; the pretraining objective is the base checkpoint's."),
+        "model_description": f"`{base}` fine-tuned on `{cfg.task}` ({results['train_examples']} training examples).",
+        "objective_hparams": hparams, "pipeline_tag": "text-classification", "results_task": "text-classification",
+        "results": {cfg.task: metrics}, "results_hardware": "GPU" if _on_gpu() else "CPU",
+        "results_data": f"{results['eval_examples']} examples of the {results['eval_split']} split of {cfg.task}",
+        "training_data": f"the train split of `{cfg.task}` ({results['train_examples']} examples)",
+        **({"base_model": base} if not Path(base).exists() else {}),
+    }
+    try:
+        write_model_card(final_dir, "language_model", fields)
+    except (TypeError, ValueError) as error:
+        logger.warning("model card not written: %s", error)
+        return None
+    remote = tokenizer_needs_remote_code(final_dir)
+    return lambda repo_id: render_model_card("language_model", **{**fields, "repo_id": repo_id, "model_name": repo_id,
+                                                                  "tokenizer_trust_remote_code": remote})
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
 __all__ = ["HubPushError", "from_pretrained", "push_checkpoint"]
@@ -41,11 +42,14 @@ def push_checkpoint(
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
     endpoint: str | None = None,
     revision: str | None = None,
+    card: Callable[[str], str] | None = None,
 ) -> str:
     """Upload every file of ``checkpoint_dir`` to the model repo ``repo_id`` (created if needed); return its URL.
 
     ``token`` defaults to the saved login or ``HF_TOKEN``; ``endpoint`` to ``HF_ENDPOINT`` (the public Hub).
     The folder is only read. Files already on the Hub with identical content are not re-sent.
+    ``card`` renders the model card for the repo it goes to: called with the full repo id (``user/name``, the
+    namespace resolved by the Hub), its text replaces the folder's ``README.md`` on the Hub, in the same commit.
 
     Raises:
         FileNotFoundError: ``checkpoint_dir`` is not a folder (nothing was sent).
@@ -57,9 +61,16 @@ def push_checkpoint(
     api = HfApi(endpoint=endpoint, token=token)
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=folder, repo_id=repo_url.repo_id, commit_message=commit_message, revision=revision
-        )
+        if card is None:
+            commit = api.upload_folder(
+                folder_path=folder, repo_id=repo_url.repo_id, commit_message=commit_message, revision=revision
+            )
+        else:
+            files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] not in (".git", ".cache")]
+            operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in files
+                          if p.relative_to(folder).as_posix() != "README.md"]
+            operations.append(CommitOperationAdd("README.md", card(repo_url.repo_id).encode("utf-8")))
+            commit = api.create_commit(repo_url.repo_id, operations, commit_message=commit_message, revision=revision)
     except Exception as err:
         reason = describe_failure(err, api.endpoint, repo_id)
         raise HubPushError(

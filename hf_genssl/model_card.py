@@ -5,7 +5,11 @@ hardware), how to load it without this package, and what paper to cite. The temp
 ``hf_genssl/model_cards/`` (package data, so an installed wheel has them too; ``model_cards/`` at the repository
 root links to them). They are Jinja templates rendered by ``huggingface_hub.ModelCard.from_template``, whose
 ``ModelCardData`` writes the YAML metadata the Hub indexes: ``library_name: transformers``, ``tags: [hf_genssl,
-<objective>]``, ``datasets``, ``license``, ``pipeline_tag``.
+<objective>]``, ``datasets``, ``license``, ``pipeline_tag`` (by objective: masked checkpoints are ``fill-mask``) and
+``model-index`` (the evaluation results, as ``EvalResult`` entries).
+
+A card names the repository it is published to: the pretraining and fine-tuning loops write one for the local
+folder, and :func:`hf_genssl.hub.push_checkpoint` renders it again for the Hub repo id at push time (``card=``).
 
 >>> card = render_model_card("language_model", repo_id="me/genssl-small", objective="semi_autoregressive",
 ...                          objective_hparams={"group_size": 2}, results={"sst2": {"accuracy": 0.81}},
@@ -14,20 +18,24 @@ root links to them). They are Jinja templates rendered by ``huggingface_hub.Mode
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 __all__ = [
     "CITATION",
     "KNOWN_OBJECTIVES",
     "TEMPLATE_NAMES",
+    "eval_results",
     "render_model_card",
+    "tokenizer_needs_remote_code",
     "results_table",
     "settings_table",
     "template_path",
@@ -73,9 +81,18 @@ KNOWN_OBJECTIVES: dict[str, tuple[str, str]] = {
     ),
 }
 
+# The pipeline a checkpoint of each objective serves (the Hub's `pipeline_tag`); vision cards keep their default.
+OBJECTIVE_PIPELINE_TAGS: dict[str, str] = {
+    "semi_autoregressive": "text-generation",
+    "autoregressive": "text-generation",
+    "variable_length_masked": "fill-mask",
+    "masked": "fill-mask",
+}
+
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "language_model": {
         "pipeline_tag": "text-generation",
+        "pipeline_tag_by_objective": OBJECTIVE_PIPELINE_TAGS,
         "kind": "language model",
         "architecture": "A decoder-only Transformer with two-stream (content / query) attention; see `config.json`.",
     },
@@ -113,6 +130,9 @@ _FIELDS: frozenset[str] = frozenset(
         "results",
         "results_data",
         "results_hardware",
+        "results_task",
+        "results_dataset",
+        "tokenizer_trust_remote_code",
         "limitations",
     }
 )
@@ -144,11 +164,12 @@ def _library_version() -> str:
 
 
 def _cell(value: Any) -> str:
-    """Format one table cell: floats to 4 decimals, sequences as tuples, and no raw ``|`` to break the table."""
+    """Format one table cell: floats with 6 significant digits (a learning rate of 1e-05 stays 1e-05, not
+    0.0000), sequences as tuples, and no raw ``|`` to break the table."""
     if isinstance(value, bool) or value is None:
         text = str(value)
     elif isinstance(value, float):
-        text = f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        text = f"{value:.6g}"
     elif isinstance(value, (list, tuple)):
         text = "(" + ", ".join(_cell(v) for v in value) + ")"
     else:
@@ -199,16 +220,43 @@ def _objective_text(objective: str, fields: Mapping[str, Any]) -> tuple[str, str
     return title, description
 
 
-def _card_data(objective: str, fields: Mapping[str, Any], defaults: Mapping[str, Any]) -> ModelCardData:
+def _slug(name: str) -> str:
+    """An identifier for the Hub's metadata (``"validation loss"`` -> ``"validation_loss"``)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or name
+
+
+def eval_results(fields: Mapping[str, Any], task_type: str) -> list[EvalResult] | None:
+    """The ``model-index`` entries of ``fields["results"]``: one per (dataset, metric). Per-task results name
+    their task as the dataset; flat results use ``results_dataset`` (default: ``results_data``)."""
+    results = fields.get("results")
+    if not results:
+        return None
+    if any(isinstance(value, Mapping) for value in results.values()):
+        per_dataset = list(results.items())
+    else:
+        per_dataset = [(fields.get("results_dataset") or fields.get("results_data") or "held-out data", results)]
+    return [EvalResult(task_type=fields.get("results_task") or task_type, dataset_type=_slug(str(dataset)),
+                       dataset_name=str(dataset), metric_type=_slug(str(metric)), metric_name=str(metric),
+                       metric_value=value)
+            for dataset, metrics in per_dataset for metric, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def _card_data(objective: str, fields: Mapping[str, Any], defaults: Mapping[str, Any], model_name: str) -> ModelCardData:
     tags = ["hf_genssl", objective, *[t for t in fields.get("tags") or () if t not in ("hf_genssl", objective)]]
+    pipeline_tag = fields.get("pipeline_tag") or defaults.get("pipeline_tag_by_objective", {}).get(
+        objective, defaults["pipeline_tag"])
+    results = eval_results(fields, pipeline_tag)
     return ModelCardData(
         library_name="transformers",
         tags=tags,
         datasets=list(fields["datasets"]) if fields.get("datasets") else None,
         license=fields.get("license", "apache-2.0"),
-        pipeline_tag=fields.get("pipeline_tag", defaults["pipeline_tag"]),
+        pipeline_tag=pipeline_tag,
         language=fields.get("language"),
         base_model=fields.get("base_model"),
+        model_name=model_name if results else None,
+        eval_results=results or None,
     )
 
 
@@ -227,9 +275,12 @@ def render_model_card(template_name: str, **fields: Any) -> str:
     Required fields: ``repo_id`` and ``objective`` (one of ``KNOWN_OBJECTIVES``, or any name together with
     ``objective_description``). Optional: ``model_name``, ``model_description``, ``objective_hparams`` and
     ``model_details`` (mappings, rendered as tables), ``training_data``, ``datasets`` (Hub ids), ``language``,
-    ``license`` (default apache-2.0), ``pipeline_tag``, ``base_model``, ``tags`` (extra), ``results``
-    (``{metric: value}`` or ``{task: {metric: value}}``, which then needs ``results_data`` and
-    ``results_hardware``), ``limitations``. Unknown fields raise ``TypeError`` so a typo is not silently dropped.
+    ``license`` (default apache-2.0), ``pipeline_tag`` (default: by objective), ``base_model``, ``tags`` (extra),
+    ``results`` (``{metric: value}`` or ``{task: {metric: value}}``, which then needs ``results_data`` and
+    ``results_hardware``; written to ``model-index`` too, with ``results_task`` as the task type (default: the
+    pipeline tag) and ``results_dataset`` naming the data of flat results), ``tokenizer_trust_remote_code``
+    (the tokenizer ships code: the loading snippet passes ``trust_remote_code=True`` to it), ``limitations``.
+    Unknown fields raise ``TypeError`` so a typo is not silently dropped.
     """
     _check_fields(fields)
     path = template_path(template_name)
@@ -237,9 +288,11 @@ def render_model_card(template_name: str, **fields: Any) -> str:
     objective = str(fields["objective"])
     objective_title, objective_description = _objective_text(objective, fields)
     repo_id = str(fields["repo_id"])
+    model_name = fields.get("model_name") or repo_id.rstrip("/").rsplit("/", 1)[-1]
     context = {
         "repo_id": repo_id,
-        "model_name": fields.get("model_name") or repo_id.rsplit("/", 1)[-1],
+        "model_name": model_name,
+        "tokenizer_kwargs": ", trust_remote_code=True" if fields.get("tokenizer_trust_remote_code") else "",
         "model_description": fields.get("model_description")
         or f"A {defaults['kind']} pretrained with {objective_title.lower()}.",
         "library_version": _library_version(),
@@ -258,7 +311,7 @@ def render_model_card(template_name: str, **fields: Any) -> str:
         "citation": CITATION,
     }
     card = ModelCard.from_template(
-        _card_data(objective, fields, defaults), template_str=path.read_text(encoding="utf-8"), **context
+        _card_data(objective, fields, defaults, model_name), template_str=path.read_text(encoding="utf-8"), **context
     )
     return str(card)
 
@@ -271,5 +324,20 @@ def write_model_card(checkpoint_dir: str | os.PathLike[str], template_name: str,
     readme = checkpoint_dir / "README.md"
     if readme.exists():
         logger.info("Replacing the existing model card %s", readme)
+    fields = {"tokenizer_trust_remote_code": tokenizer_needs_remote_code(checkpoint_dir), **fields}
     readme.write_text(render_model_card(template_name, **fields), encoding="utf-8")
     return readme
+
+
+def tokenizer_needs_remote_code(checkpoint_dir: str | os.PathLike[str]) -> bool:
+    """Whether the folder's tokenizer (or processor) is a class shipped as code (``auto_map`` in its config), so
+    ``AutoTokenizer.from_pretrained`` needs ``trust_remote_code=True``; the package's own tokenizers do not."""
+    for name in ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        path = Path(checkpoint_dir) / name
+        if path.is_file():
+            try:
+                if "auto_map" in json.loads(path.read_text(encoding="utf-8")):
+                    return True
+            except (ValueError, OSError):
+                continue
+    return False

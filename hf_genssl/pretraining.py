@@ -6,8 +6,9 @@ collator. The loop itself never branches on the objective: it batches, steps and
 What the loop guarantees:
 
 * warmup + cosine schedule, gradient accumulation, optional bf16, gradient clipping, periodic validation loss;
-* a progress bar (tokens/s, loss) and a JSON-lines log (``metrics.jsonl``; TensorBoard too when installed),
-  written by the main process only;
+* a progress bar (tokens/s, loss) and a JSON-lines log (``metrics.jsonl``), written by the main process only;
+  the same records go to Accelerate's trackers named by ``report_to`` (``tensorboard``, ``wandb``, ... ; none by
+  default), under ``output_dir``;
 * atomic, verified checkpoints: a checkpoint is written to ``checkpoint-N.tmp`` with a sha256 manifest of its
   files, renamed into place, then ``latest`` points at it and only then are old ones pruned; ``final/`` is
   written the same way. Resume scans the folder for the newest checkpoint whose files match their manifest
@@ -66,7 +67,7 @@ def _tied_head_save_warning_silenced():
 
 # Keys that may change between a run and its resumption (they do not change what is trained).
 _RESUMABLE_KEYS = {"output_dir", "log_every", "eval_every", "save_every", "keep_checkpoints", "progress", "cache_dir",
-                   "push_to_hub", "hub_model_id", "ddp_timeout"}
+                   "push_to_hub", "hub_model_id", "ddp_timeout", "report_to"}
 
 
 @dataclass
@@ -122,6 +123,7 @@ class PretrainConfig:
     progress: bool = True
     push_to_hub: bool = False
     hub_model_id: str | None = None
+    report_to: str | list[str] = "none"  # Accelerate trackers: "tensorboard", "wandb", ..., "all" or "none"
 
     def training_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in _RESUMABLE_KEYS}
@@ -311,6 +313,17 @@ def _check_values(cfg: PretrainConfig) -> None:
         raise ValueError("texts must be a list of strings (or null).")
     if OBJECTIVES[cfg.objective].modality == "image":
         _check_image_grid(cfg)
+    _trackers(cfg)
+
+
+def _trackers(cfg: PretrainConfig) -> list[str] | str | None:
+    """``report_to`` as Accelerate's ``log_with``: None for "none" (or an empty list), else the tracker names."""
+    names = [cfg.report_to] if isinstance(cfg.report_to, str) else cfg.report_to
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"report_to must be a tracker name or a list of them (tensorboard, wandb, ...), got "
+                         f"{cfg.report_to!r}.")
+    names = [name for name in names if name != "none"]
+    return None if not names else "all" if "all" in names else names
 
 
 def _check_group_size(cfg: PretrainConfig) -> None:
@@ -701,6 +714,7 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         # per process, which makes an N-process run follow a different schedule than a 1-process run.
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
+        log_with=_trackers(cfg), project_dir=str(run_dir),
     )
     _warn_unhonoured_launcher(accelerator)
     logger.info("precision %s; global batch = %d per process x %d processes x %d accumulation steps = %d examples",
@@ -755,14 +769,9 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         logger.info("resumed from %s at step %d", checkpoint, start_step)
 
     log_path = run_dir / "metrics.jsonl"
-    writer = None
-    if accelerator.is_main_process:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            pass
+    if accelerator.log_with:  # trackers log from the main process only; their files go under output_dir
+        accelerator.init_trackers("trackers", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                      for k, v in cfg.training_dict().items()})
 
     micro_per_epoch = len(loader)
     micro_done = start_step * cfg.gradient_accumulation_steps
@@ -817,10 +826,8 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
                 history.append(record)
                 with log_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
-                if writer:
-                    for key, value in record.items():
-                        if key != "step":
-                            writer.add_scalar(key, value, step)
+            if record:
+                accelerator.log({key: value for key, value in record.items() if key != "step"}, step=step)
             if step % cfg.save_every == 0 and step < cfg.max_steps:
                 _save_checkpoint(accelerator, run_dir, step, cfg, {
                     "loss": window_loss, "steps": window_steps, "tokens": tokens_seen,
@@ -840,17 +847,18 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         shutil.rmtree(final_tmp, ignore_errors=True)
         accelerator.unwrap_model(model).save_pretrained(final_tmp)
         tokenizer.save_pretrained(final_tmp)
-        _write_card(final_tmp, cfg, objective, history, data_name, time.perf_counter() - run_start)
+        card = _write_card(final_tmp, final_dir, cfg, objective, history, data_name, time.perf_counter() - run_start)
         _publish(final_tmp, final_dir)
-        if writer:
-            writer.close()
         if cfg.push_to_hub:
             from .hub import HubPushError, push_checkpoint
 
             try:
-                logger.info("pushed to %s", push_checkpoint(final_dir, cfg.hub_model_id or final_dir.parent.name))
+                logger.info("pushed to %s", push_checkpoint(final_dir, cfg.hub_model_id or final_dir.parent.name,
+                                                            card=card))
             except HubPushError as error:  # the run is saved; the caller (and the CLI's exit status) must know
                 push_error = error
+    for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group of the caller
+        tracker.finish()
     accelerator.wait_for_everyone()
     if push_error is not None:
         raise push_error
@@ -868,29 +876,52 @@ def _image_processor(cfg: PretrainConfig):
                                 image_mean=[0.0] * cfg.num_channels, image_std=[1.0] * cfg.num_channels)
 
 
-def _write_card(final_dir: Path, cfg: PretrainConfig, objective: Objective, history, data_name, seconds) -> None:
-    try:
-        from .model_card import write_model_card
-    except ImportError:  # pragma: no cover
-        logger.warning("model card module unavailable; no README written")
-        return
+# The config keys that are the objective's own hyper-parameters (the card lists these, not other objectives').
+_OBJECTIVE_KEYS: dict[str, tuple[str, ...]] = {
+    "ar": (), "semi_ar": ("group_size",), "masked": ("mask_ratio_range",), "variable_masked": ("mask_ratio_range",),
+    "vit_ar": ("order", "segment_size"), "vit_semi_ar": ("group_size", "order", "segment_size"),
+    "vit_masked": ("mask_ratio_range", "norm_pix_loss"), "vit_variable_masked": ("mask_ratio_range", "norm_pix_loss"),
+}
+
+
+def _card_fields(final_dir: Path, cfg: PretrainConfig, objective: Objective, history, data_name, seconds) -> dict:
+    """The model card of a pretraining run (see :mod:`hf_genssl.model_card`); ``repo_id`` is the Hub repo when one
+    is named, else the local folder (:func:`hf_genssl.hub.push_checkpoint` renders it again for the repo it goes
+    to)."""
     val = [r["val_loss"] for r in history if "val_loss" in r]
-    results = {"validation loss": round(val[-1], 4)} if val else {}
-    if val:
-        results["validation perplexity (exp loss)"] = round(math.exp(val[-1]), 2)
+    results = {"validation loss": val[-1], "validation perplexity (exp loss)": math.exp(val[-1])} if val else {}
+    hparams = {key: getattr(cfg, key) for key in _OBJECTIVE_KEYS.get(cfg.objective, ())}
+    if hparams.get("group_size") == "random":
+        hparams["cut_probability"] = cfg.cut_probability
+    image = objective.modality == "image"
+    return {
+        "repo_id": cfg.hub_model_id or str(final_dir), "model_name": cfg.hub_model_id or final_dir.parent.name,
+        "objective": objective.card_name, "objective_hparams": hparams,
+        "model_details": {"layers": cfg.num_hidden_layers, "hidden size": cfg.hidden_size,
+                          "heads": cfg.num_attention_heads,
+                          **({"image / patch": f"{cfg.image_size} / {cfg.patch_size}"} if image else
+                             {"vocabulary": cfg.vocab_size, "sequence length": cfg.seq_len}),
+                          "training steps": cfg.max_steps, "batch size": cfg.batch_size,
+                          "learning rate": cfg.learning_rate},
+        "training_data": f"{data_name} (split by document; see hf_genssl.data)",
+        "results": results, "results_data": f"held-out documents of {data_name}", "results_dataset": data_name,
+        "results_hardware": f"{'GPU' if torch.cuda.is_available() else 'CPU'}, {seconds:.0f} s of training",
+    }
+
+
+def _write_card(folder: Path, final_dir: Path, cfg: PretrainConfig, objective: Objective, history, data_name,
+                seconds):
+    """Write the card of the run whose final checkpoint goes to ``final_dir`` into ``folder`` (where it is being
+    written); return a function that renders it for a Hub repo id (for the push)."""
+    from .model_card import render_model_card, tokenizer_needs_remote_code, write_model_card
+
+    template = "vision_model" if objective.modality == "image" else "language_model"
+    fields = _card_fields(final_dir, cfg, objective, history, data_name, seconds)
     try:
-        write_model_card(final_dir, "vision_model" if objective.modality == "image" else "language_model", {
-            "repo_id": final_dir.name.removesuffix(".tmp"), "objective": objective.card_name,
-            "objective_hparams": {"group_size": cfg.group_size, "mask_ratio_range": cfg.mask_ratio_range,
-                                  "seq_len": cfg.seq_len, "steps": cfg.max_steps, "batch_size": cfg.batch_size,
-                                  "learning_rate": cfg.learning_rate},
-            "model_details": {"layers": cfg.num_hidden_layers, "hidden size": cfg.hidden_size,
-                              "heads": cfg.num_attention_heads,
-                              **({"image / patch": f"{cfg.image_size} / {cfg.patch_size}"}
-                                 if objective.modality == "image" else {"vocabulary": cfg.vocab_size})},
-            "training_data": f"{data_name} (split by document; see hf_genssl.data)",
-            "results": results, "results_data": f"held-out documents of {data_name}",
-            "results_hardware": f"{'GPU' if torch.cuda.is_available() else 'CPU'}, {seconds:.0f} s of training",
-        })
+        write_model_card(folder, template, fields)
     except (TypeError, ValueError) as error:
         logger.warning("model card not written: %s", error)
+        return None
+    remote = tokenizer_needs_remote_code(folder)
+    return lambda repo_id: render_model_card(template, **{**fields, "repo_id": repo_id, "model_name": repo_id,
+                                                           "tokenizer_trust_remote_code": remote})

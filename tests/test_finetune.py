@@ -69,3 +69,25 @@ def test_lora(checkpoint, cache, tmp_path):
                              "cache_dir": str(cache)})
     assert {"eval_accuracy", "eval_f1"} <= set(result["final"])
     assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+def test_finetune_writes_a_card_reports_to_trackers_and_needs_a_hub_id(checkpoint, cache, tmp_path):
+    """`finetune` wrote no model card, hard-coded report_to=[] and pushed to a repo named after the output folder."""
+    from huggingface_hub import ModelCard
+
+    with pytest.raises(ValueError, match="push_to_hub needs hub_model_id"):
+        run_finetuning({"model": str(checkpoint), "task": "rt-polarity", "output_dir": str(tmp_path / "nohub"),
+                        "push_to_hub": True})
+    assert not (tmp_path / "nohub").exists()  # refused before any work
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "ft"
+    result = run_finetuning({"model": str(checkpoint), "task": "rt-polarity", "output_dir": str(out), "epochs": 1,
+                             "max_train_samples": 64, "max_eval_samples": 64, "report_to": "tensorboard",
+                             "cache_dir": str(cache)})
+    card = ModelCard.load(out / "final" / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and "hf_genssl" in card.data.tags
+    (accuracy,) = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+    assert accuracy.metric_value == result["final"]["eval_accuracy"] and accuracy.dataset_name == "rt-polarity"
+    assert accuracy.task_type == "text-classification"
+    assert "| `learning_rate` | 0.0001 |" in card.text
+    assert list((out / "trainer").rglob("events.out.tfevents.*"))  # Trainer's TensorBoard callback ran

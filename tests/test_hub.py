@@ -129,7 +129,9 @@ def test_missing_folder_is_not_a_hub_error(tmp_path):
 def test_language_card_has_metadata_sections_results_and_citation():
     text = render_model_card("language_model", **CARD_FIELDS)
     card = ModelCard(text)
-    assert card.data.to_dict() == {
+    metadata = card.data.to_dict()
+    model_index = metadata.pop("model-index")
+    assert metadata == {
         "datasets": ["sotu"],
         "language": "en",
         "library_name": "transformers",
@@ -137,6 +139,7 @@ def test_language_card_has_metadata_sections_results_and_citation():
         "pipeline_tag": "text-generation",
         "tags": ["hf_genssl", "semi_autoregressive"],
     }
+    assert model_index[0]["name"] == "genssl-tiny"
     headings = re.findall(r"^## (.+)$", text, re.MULTILINE)
     assert headings == [
         "Model description",
@@ -147,7 +150,7 @@ def test_language_card_has_metadata_sections_results_and_citation():
         "Limitations",
         "Citation",
     ]
-    assert "| sst2 | accuracy | 0.8125 |" in text and "| cola | matthews_correlation | 0.2500 |" in text
+    assert "| sst2 | accuracy | 0.8125 |" in text and "| cola | matthews_correlation | 0.25 |" in text
     assert "Measured on the validation split of a toy dataset, on 2 CPU cores." in text
     assert "| `group_size` | 2 |" in text and "| `learning_rate` | 0.0003 |" in text
     assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in text
@@ -170,9 +173,97 @@ def test_vision_card_and_flat_results():
     card = ModelCard(text)
     assert card.data.pipeline_tag == "image-feature-extraction"
     assert card.data.tags == ["hf_genssl", "variable_length_masked", "vision"]
-    assert "| linear_probe_accuracy | 0.7000 |" in text and "| `mask_ratio_range` | (0.1000, 0.9000) |" in text
+    assert "| linear_probe_accuracy | 0.7 |" in text and "| `mask_ratio_range` | (0.1, 0.9) |" in text
     assert "`results/<scale>/RESULTS.md`" in text
     assert "AutoModel.from_pretrained(repo, trust_remote_code=True)" in text
+
+
+def test_card_numbers_keep_their_precision():
+    """A learning rate of 1e-5 read as 0.0000 once; small and large floats keep 6 significant digits."""
+    text = render_model_card("language_model", repo_id="a/b", objective="semi_autoregressive",
+                             objective_hparams={"learning_rate": 1e-5, "cut_probability": 0.5, "big": 123456.7},
+                             results={"perplexity": 1234.5678}, results_data="x", results_hardware="y")
+    assert "| `learning_rate` | 1e-05 |" in text and "| `cut_probability` | 0.5 |" in text
+    assert "| `big` | 123457 |" in text and "| perplexity | 1234.57 |" in text
+    assert "0.0000" not in text
+
+
+@pytest.mark.parametrize("objective,tag", [("masked", "fill-mask"), ("variable_length_masked", "fill-mask"),
+                                           ("semi_autoregressive", "text-generation"),
+                                           ("autoregressive", "text-generation")])
+def test_pipeline_tag_follows_the_objective(objective, tag):
+    """Masked checkpoints were tagged text-generation: the Hub's widget then ran the wrong pipeline."""
+    assert ModelCard(render_model_card("language_model", repo_id="a/b", objective=objective)).data.pipeline_tag == tag
+    vision = render_model_card("vision_model", repo_id="a/b", objective=objective)
+    assert ModelCard(vision).data.pipeline_tag == "image-feature-extraction"
+
+
+def test_results_go_to_model_index_metadata():
+    """The Hub reads evaluation results from `model-index`: one entry per task and metric, values exact."""
+    from huggingface_hub import EvalResult
+
+    card = ModelCard(render_model_card("language_model", **CARD_FIELDS))
+    assert card.data.model_name == "genssl-tiny"
+    assert [(r.task_type, r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results] == [
+        ("text-generation", "sst2", "accuracy", 0.8125), ("text-generation", "cola", "matthews_correlation", 0.25)]
+    flat = ModelCard(render_model_card("language_model", repo_id="me/m", objective="masked",
+                                       results={"validation loss": 2.5}, results_data="held-out text",
+                                       results_dataset="sotu", results_task="fill-mask", results_hardware="CPU"))
+    assert flat.data.eval_results == [EvalResult(task_type="fill-mask", dataset_type="sotu", dataset_name="sotu",
+                                                 metric_type="validation_loss", metric_name="validation loss",
+                                                 metric_value=2.5)]
+    assert ModelCard(render_model_card("language_model", repo_id="a/b", objective="masked")).data.eval_results is None
+
+
+def test_tokenizer_line_trusts_remote_code_only_when_the_tokenizer_ships_code(tmp_path):
+    import json
+
+    plain, custom = tmp_path / "plain", tmp_path / "custom"
+    for folder, config in ((plain, {"tokenizer_class": "PreTrainedTokenizerFast"}),
+                           (custom, {"tokenizer_class": "MyTokenizer",
+                                     "auto_map": {"AutoTokenizer": ["tokenization_my.MyTokenizer", None]}})):
+        folder.mkdir()
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        write_model_card(folder, "language_model", {"repo_id": "me/m", "objective": "masked"})
+    assert "AutoTokenizer.from_pretrained(repo)\n" in (plain / "README.md").read_text()
+    assert "AutoTokenizer.from_pretrained(repo, trust_remote_code=True)\n" in (custom / "README.md").read_text()
+
+
+def test_pretraining_card_lists_the_objectives_own_hyper_parameters(tmp_path):
+    """A semi-AR card listed mask_ratio_range (a masked objective's setting) and a masked card group_size."""
+    from hf_genssl.pretraining import OBJECTIVES, _card_fields, load_config
+
+    def hparams(**values):
+        cfg = load_config(values)
+        return _card_fields(tmp_path / "final", cfg, OBJECTIVES[cfg.objective], [], "data", 1.0)["objective_hparams"]
+
+    assert hparams(objective="semi_ar", group_size=3) == {"group_size": 3}
+    assert hparams(objective="semi_ar", group_size="random") == {"group_size": "random", "cut_probability": 0.5}
+    assert hparams(objective="ar") == {}
+    assert hparams(objective="variable_masked", mask_ratio_range=[0.1, 0.9]) == {"mask_ratio_range": [0.1, 0.9]}
+    assert set(hparams(objective="vit_masked", mask_ratio_range=[0.75, 0.75])) == {"mask_ratio_range",
+                                                                                   "norm_pix_loss"}
+
+
+def test_a_pushed_card_names_the_repo_it_was_pushed_to(hub, tmp_path, texts):
+    """`genssl pretrain --push-to-hub --hub-model-id genssl-tiny` once published a card titled "final" with
+    `repo = "final"`: the card on the Hub names the repo (namespace included), the local card is left as written."""
+    from hf_genssl.pretraining import run_pretraining
+
+    config = {"texts": texts, "vocab_size": 300, "seq_len": 32, "hidden_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "batch_size": 8, "max_steps": 2, "eval_every": 2, "save_every": 1000,
+              "learning_rate": 1e-5, "objective": "masked", "progress": False, "output_dir": str(tmp_path / "run"),
+              "push_to_hub": True, "hub_model_id": "genssl-tiny"}
+    run_pretraining(config)  # the `hub` fixture points huggingface_hub at the fake Hub with its token
+    local = (tmp_path / "run" / "final" / "README.md").read_text()
+    pushed = hub.hub.files(f"{FAKE_USER}/genssl-tiny")["README.md"].decode()
+    assert pushed.split("\n---\n", 1)[1].lstrip().startswith(f"# {FAKE_USER}/genssl-tiny\n")
+    assert f'repo = "{FAKE_USER}/genssl-tiny"' in pushed and "final" not in re.findall(r'repo = "(.*)"', pushed)[0]
+    card = ModelCard(pushed)
+    assert card.data.pipeline_tag == "fill-mask" and card.data.model_name == f"{FAKE_USER}/genssl-tiny"
+    assert card.data.eval_results[0].metric_name == "validation loss"
+    assert "| `learning rate` | 1e-05 |" in pushed and "group_size" not in pushed
+    assert local != pushed and 'repo = "genssl-tiny"' in local  # the local card: the repo id as configured
 
 
 def test_card_fields_are_checked():

@@ -3,46 +3,39 @@
 Importing the package registers the models with the transformers Auto classes, so
 ``AutoModelForCausalLM.from_pretrained(path)`` works in-library; saved checkpoints also carry their code
 files and a complete ``auto_map`` for ``trust_remote_code=True`` loading without this package.
+
+The public names load on first use (PEP 562, as transformers does), and the ``genssl`` command line registers the
+models itself, only for the commands that load one: ``genssl --help``, ``--version``, ``theory`` and ``data``
+then start without importing torch or transformers.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForImageClassification,
-    AutoModelForMaskedLM,
-    AutoModelForPreTraining,
-    AutoModelForSequenceClassification,
-)
+from __future__ import annotations
 
-from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
-from .configuration_genssl import GenSSLConfig
-from .configuration_genssl_vit import GenSSLViTConfig
-from .image_collators import DataCollatorForSemiAutoregressiveImages, DataCollatorForVariableLengthImageMasking
-from .modeling_genssl import (
-    GenSSLForCausalLM,
-    GenSSLForMaskedLM,
-    GenSSLForPreTraining,
-    GenSSLForSequenceClassification,
-    GenSSLModel,
-)
-from .modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
-from .tokenization import train_tokenizer
+import sys
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-# Language model
-AutoConfig.register("genssl", GenSSLConfig, exist_ok=True)
-AutoModel.register(GenSSLConfig, GenSSLModel, exist_ok=True)
-AutoModelForPreTraining.register(GenSSLConfig, GenSSLForPreTraining, exist_ok=True)
-AutoModelForCausalLM.register(GenSSLConfig, GenSSLForCausalLM, exist_ok=True)
-AutoModelForMaskedLM.register(GenSSLConfig, GenSSLForMaskedLM, exist_ok=True)
-AutoModelForSequenceClassification.register(GenSSLConfig, GenSSLForSequenceClassification, exist_ok=True)
-# Vision
-AutoConfig.register("genssl_vit", GenSSLViTConfig, exist_ok=True)
-AutoModel.register(GenSSLViTConfig, GenSSLViTModel, exist_ok=True)
-AutoModelForPreTraining.register(GenSSLViTConfig, GenSSLViTForPreTraining, exist_ok=True)
-AutoModelForImageClassification.register(GenSSLViTConfig, GenSSLViTForImageClassification, exist_ok=True)
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "GenSSLConfig": "configuration_genssl",
+    "GenSSLModel": "modeling_genssl",
+    "GenSSLForPreTraining": "modeling_genssl",
+    "GenSSLForCausalLM": "modeling_genssl",
+    "GenSSLForMaskedLM": "modeling_genssl",
+    "GenSSLForSequenceClassification": "modeling_genssl",
+    "GenSSLViTConfig": "configuration_genssl_vit",
+    "GenSSLViTModel": "modeling_genssl_vit",
+    "GenSSLViTForPreTraining": "modeling_genssl_vit",
+    "GenSSLViTForImageClassification": "modeling_genssl_vit",
+    "DataCollatorForSemiAutoregressiveLM": "collators",
+    "DataCollatorForVariableLengthMasking": "collators",
+    "DataCollatorForSemiAutoregressiveImages": "image_collators",
+    "DataCollatorForVariableLengthImageMasking": "image_collators",
+    "train_tokenizer": "tokenization",
+}
 
 __all__ = [
     "GenSSLConfig",
@@ -60,4 +53,83 @@ __all__ = [
     "DataCollatorForSemiAutoregressiveImages",
     "DataCollatorForVariableLengthImageMasking",
     "train_tokenizer",
+    "register_auto_classes",
 ]
+
+if TYPE_CHECKING:
+    from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
+    from .configuration_genssl import GenSSLConfig
+    from .configuration_genssl_vit import GenSSLViTConfig
+    from .image_collators import DataCollatorForSemiAutoregressiveImages, DataCollatorForVariableLengthImageMasking
+    from .modeling_genssl import (
+        GenSSLForCausalLM,
+        GenSSLForMaskedLM,
+        GenSSLForPreTraining,
+        GenSSLForSequenceClassification,
+        GenSSLModel,
+    )
+    from .modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
+    from .tokenization import train_tokenizer
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+def register_auto_classes() -> None:
+    """Register the configs and models with the transformers Auto classes (idempotent; done at import)."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForMaskedLM,
+        AutoModelForPreTraining,
+        AutoModelForSequenceClassification,
+    )
+
+    from .configuration_genssl import GenSSLConfig
+    from .configuration_genssl_vit import GenSSLViTConfig
+    from .modeling_genssl import (
+        GenSSLForCausalLM,
+        GenSSLForMaskedLM,
+        GenSSLForPreTraining,
+        GenSSLForSequenceClassification,
+        GenSSLModel,
+    )
+    from .modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
+
+    # Language model
+    AutoConfig.register("genssl", GenSSLConfig, exist_ok=True)
+    AutoModel.register(GenSSLConfig, GenSSLModel, exist_ok=True)
+    AutoModelForPreTraining.register(GenSSLConfig, GenSSLForPreTraining, exist_ok=True)
+    AutoModelForCausalLM.register(GenSSLConfig, GenSSLForCausalLM, exist_ok=True)
+    AutoModelForMaskedLM.register(GenSSLConfig, GenSSLForMaskedLM, exist_ok=True)
+    AutoModelForSequenceClassification.register(GenSSLConfig, GenSSLForSequenceClassification, exist_ok=True)
+    # Vision
+    AutoConfig.register("genssl_vit", GenSSLViTConfig, exist_ok=True)
+    AutoModel.register(GenSSLViTConfig, GenSSLViTModel, exist_ok=True)
+    AutoModelForPreTraining.register(GenSSLViTConfig, GenSSLViTForPreTraining, exist_ok=True)
+    AutoModelForImageClassification.register(GenSSLViTConfig, GenSSLViTForImageClassification, exist_ok=True)
+
+
+def _started_as_the_genssl_command() -> bool:
+    """Whether this process is the ``genssl`` console script or ``python -m hf_genssl.cli``: then
+    :func:`hf_genssl.cli.main` registers the models for the commands that need them."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "hf_genssl.cli":
+        return True
+    return bool(sys.argv) and Path(sys.argv[0]).stem == "genssl"
+
+
+if not _started_as_the_genssl_command():
+    register_auto_classes()

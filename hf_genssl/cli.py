@@ -8,8 +8,11 @@
     genssl generate --model DIR --prompt "..." [--group-size 2]
     genssl theory --out DIR          # the paper's Theorem 4.2 toy model, numerically
 
-Each command imports what it runs (datasets, Trainer, accelerate) only when called; ``genssl --help`` still
-takes a few seconds, because importing the package registers the models with transformers.
+Each command imports what it runs (datasets, Trainer, accelerate) only when called, and registers the models
+with transformers only if it loads one: ``genssl --help``, ``--version``, ``theory`` and ``data`` do not import
+torch. ``pretrain`` and ``finetune`` take every field of their config dataclass as a flag
+(``transformers.HfArgumentParser``: ``genssl pretrain --max-steps 50 --group-size random``); see
+``genssl pretrain --help``.
 """
 
 from __future__ import annotations
@@ -90,27 +93,103 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _yaml_value(text: str):
+    """A flag's value read as YAML, like ``--override``: ``2``, ``random``, ``[2, 3]``, ``null``."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def config_parser(dataclass_type, prog: str, description: str, defaults: dict | None = None,
+                  hidden: tuple[str, ...] = ()):
+    """A ``transformers.HfArgumentParser`` with one flag per field of ``dataclass_type`` (``--max_steps`` and
+    ``--max-steps``) whose result holds only the flags given, so a config file's values are kept unless a flag
+    says otherwise. Fields typed as a union of several types (``group_size``: ``2``, ``[2, 3]`` or ``random``)
+    and dict fields take one YAML value. ``defaults`` are CLI defaults for fields (e.g. ``output_dir``); ``hidden``
+    fields are left out of the help."""
+    import copy
+    import dataclasses
+    import types
+    import typing
+
+    from transformers import HfArgumentParser
+
+    class ConfigParser(HfArgumentParser):
+        @staticmethod
+        def _parse_dataclass_field(parser, field):
+            kinds = [t for t in typing.get_args(field.type) if t is not type(None)]
+            polymorphic = typing.get_origin(field.type) in (typing.Union, types.UnionType) and len(kinds) > 1
+            if polymorphic or field.type is dict or typing.get_origin(field.type) is dict:
+                names = [f"--{field.name}", *([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])]
+                parser.add_argument(*names, type=_yaml_value, metavar="YAML")
+            else:  # a copy: HfArgumentParser narrows field.type in place
+                HfArgumentParser._parse_dataclass_field(parser, copy.copy(field))
+
+    parser = ConfigParser(dataclass_type, prog=prog, description=description)
+    fields = {field.name: field for field in dataclasses.fields(dataclass_type)}
+    for action in parser._actions:
+        field = fields.get(action.dest)
+        if field is None:
+            continue
+        action.required = False
+        if action.dest in (defaults or {}):
+            action.default = defaults[action.dest]
+        else:
+            action.default = argparse.SUPPRESS
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else "required")
+        default = (defaults or {}).get(field.name, default)
+        if field.name in hidden:
+            action.help = argparse.SUPPRESS
+        elif action.option_strings and not action.option_strings[0].startswith("--no"):
+            action.help = f"{dataclass_type.__name__}.{field.name} (default: {default!r})"
+    return parser
+
+
+def _pretrain_parser():
+    from hf_genssl.pretraining import PretrainConfig
+
+    parser = config_parser(PretrainConfig, "genssl pretrain", "The Accelerate pretraining loop. Values come from "
+                           "--config, then --override KEY=VALUE, then the flags below (each a PretrainConfig field).")
+    parser.add_argument("--config", default="tiny",
+                        help="a shipped config (tiny, small, paper, vit_tiny) or a .yaml file (default: tiny)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a config key (value read as YAML); repeatable")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    return parser
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from hf_genssl.pretraining import parse_overrides, run_pretraining
 
-    overrides = parse_overrides(args.override)
-    if args.output_dir:
-        overrides["output_dir"] = args.output_dir
-    if args.push_to_hub:
-        overrides.update(push_to_hub=True, hub_model_id=args.hub_model_id)
-    result = run_pretraining(args.config, overrides, resume=args.resume)
-    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    flags = vars(_pretrain_parser().parse_args(args.rest))
+    config, resume = flags.pop("config"), flags.pop("resume")
+    overrides = {**parse_overrides(flags.pop("override")), **flags}
+    result = run_pretraining(config, overrides, resume=resume)
+    if PartialState().is_main_process:  # under DDP every process returns the same result: print it once
+        print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
     return 0
+
+
+def _finetune_parser():
+    from hf_genssl.finetuning import FinetuneConfig
+
+    return config_parser(FinetuneConfig, "genssl finetune", "Fine-tune a checkpoint on a GLUE-style task with "
+                         "transformers' Trainer; every flag is a FinetuneConfig field.",
+                         defaults={"output_dir": "runs/finetune"}, hidden=("extra",))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from hf_genssl.finetuning import run_finetuning
 
-    result = run_finetuning({"model": args.model, "task": args.task, "output_dir": args.output_dir,
-                             "epochs": args.epochs, "learning_rate": args.learning_rate,
-                             "batch_size": args.batch_size, "max_train_samples": args.max_train_samples,
-                             "lora": args.lora, "push_to_hub": args.push_to_hub, "hub_model_id": args.hub_model_id,
-                             "trust_remote_code": args.trust_remote_code})
+    parser = _finetune_parser()
+    flags = vars(parser.parse_args(args.rest))
+    missing = [f"--{name}" for name in ("model", "task") if name not in flags]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    result = run_finetuning(flags)
     print(json.dumps(result["final"], indent=2))
     return 0
 
@@ -150,7 +229,10 @@ def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genssl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (Accelerate's INFO lines too)")
+    from hf_genssl import __version__
+
+    parser.add_argument("--version", action="version", version=f"genssl (hf_genssl) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="data -> pretrain the tiny semi-AR model -> samples -> fine-tune (minutes)")
@@ -160,28 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="data cache (default: $GENSSL_CACHE or ~/.cache/hf_genssl)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("pretrain", help="the Accelerate pretraining loop (configs: hf_genssl/configs/*.yaml)")
-    p.add_argument("--config", default="tiny", help="a shipped config (tiny, small, paper, vit_tiny) or a .yaml file")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--output-dir")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--push-to-hub", action="store_true", help="push the final checkpoint (model, code, tokenizer, card)")
-    p.add_argument("--hub-model-id", help="repo id to push to (default: the run directory's name)")
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a GLUE-style task with Trainer")
-    p.add_argument("--model", required=True, help="checkpoint directory or Hub id")
-    p.add_argument("--task", required=True, help="offline task, glue/<task>, or GLUE-format files")
-    p.add_argument("--output-dir", default="runs/finetune")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--learning-rate", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-train-samples", type=int)
-    p.add_argument("--lora", action="store_true")
-    p.add_argument("--push-to-hub", action="store_true")
-    p.add_argument("--hub-model-id")
-    _add_trust_flag(p)
-    p.set_defaults(func=cmd_finetune)
+    # pretrain and finetune parse their own flags (one per config field, see config_parser): `genssl pretrain -h`
+    p = sub.add_parser("pretrain", add_help=False,
+                       help="the Accelerate pretraining loop (configs: hf_genssl/configs/*.yaml; -h for every flag)")
+    p.set_defaults(func=cmd_pretrain, own_flags=True)
+    p = sub.add_parser("finetune", add_help=False,
+                       help="fine-tune a checkpoint on a GLUE-style task with Trainer (-h for every flag)")
+    p.set_defaults(func=cmd_finetune, own_flags=True)
 
     p = sub.add_parser("eval-ppl", help="exact prefix perplexity of a checkpoint (the paper's Eq. 2)")
     p.add_argument("--model", required=True, help="checkpoint directory or Hub id")
@@ -239,15 +306,36 @@ def _add_optional_commands(sub) -> None:
     add_data_commands(sub)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+# Commands that load no model: they run without registering the models (which imports torch and transformers).
+_MODEL_FREE_COMMANDS = ("theory", "data")
+
+
+def _one_line_errors() -> tuple[type[BaseException], ...]:
+    """Errors shown as one line without a traceback: bad input, missing files, data or Hub unavailable."""
     from hf_genssl.data.sources import DataUnavailableError
     from hf_genssl.hub import HubPushError
 
+    return ValueError, FileNotFoundError, DataUnavailableError, HubPushError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "own_flags", False):
+        parser.parse_args(argv)  # argparse's usage error for the unknown arguments
+    args.rest = rest
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # Accelerate logs an INFO line per checkpoint save / load; shown with -v only.
+    logging.getLogger("accelerate").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if args.command not in _MODEL_FREE_COMMANDS:
+        from hf_genssl import register_auto_classes
+
+        register_auto_classes()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, DataUnavailableError, HubPushError) as error:  # one line, no traceback
+    except Exception as error:
+        if not isinstance(error, _one_line_errors()):
+            raise
         print(f"genssl {args.command}: error: {error}", file=sys.stderr)
         return 2
 

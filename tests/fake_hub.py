@@ -14,8 +14,9 @@ Use in-process with :func:`hub_online` (patches the endpoint and offline switche
 import time), or from a subprocess with :func:`subprocess_env`. :func:`push_and_reload` pushes a checkpoint
 folder and reloads it with an Auto class in a fresh interpreter, comparing state-dict hashes.
 
-Running this file as a script (``python tests/fake_hub.py reload ...``) is the child side of
-:func:`push_and_reload`.
+Running this file as a script: ``python tests/fake_hub.py serve`` serves a fake Hub until interrupted (it prints
+the endpoint, user and token to use; see the README), and ``python tests/fake_hub.py reload ...`` is the child side
+of :func:`push_and_reload`.
 """
 
 from __future__ import annotations
@@ -910,13 +911,34 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     reload.add_argument("auto_class_name")
     reload.add_argument("--trust-remote-code", action="store_true")
     reload.add_argument("--hide", action="append", default=[])
+    serve = sub.add_parser("serve", help="serve a fake Hub on 127.0.0.1 until interrupted")
+    serve.add_argument("--root", help="folder for the repos (default: a new temporary folder)")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="fake_hub_")))
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     for package in args.hide:
         sys.modules[package] = None  # type: ignore[assignment]  # makes `import package` raise ImportError
     model = _load_with_auto_class(args.repo_id, args.auto_class_name, args.trust_remote_code)
     result = {"hash": state_dict_hash(model), "class": type(model).__name__, "module": type(model).__module__}
     sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+def _serve(root: Path) -> int:
+    """Serve until Ctrl-C / SIGTERM; the first line printed says where and with which credentials."""
+    import signal
+
+    hub = FakeHub(root).start()
+    print(f"fake Hub at {hub.endpoint} (user {FAKE_USER}, token {FAKE_TOKEN}, repos in {root}); Ctrl-C stops it",
+          flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    hub.stop()
     return 0
 
 

@@ -175,3 +175,23 @@ def test_server_stops_at_the_end_of_its_context(tmp_path):
         pass
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{endpoint}/api/whoami-v2", timeout=1)
+
+
+def test_the_fake_hub_serves_from_the_command_line(tmp_path):
+    """`python tests/fake_hub.py serve` (the README's recipe) prints an endpoint the real client can push to."""
+    import subprocess
+    import sys
+
+    from huggingface_hub import HfApi
+
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("fake_hub.py")), "serve", "--root",
+                               str(tmp_path / "repos")], stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        endpoint = line.split("fake Hub at ", 1)[1].split()[0]
+        with hub_online(endpoint):
+            url = HfApi(endpoint=endpoint, token=FAKE_TOKEN).create_repo("served")
+        assert str(url) == f"{endpoint}/{FAKE_USER}/served"
+    finally:
+        server.terminate()
+        assert server.wait(timeout=30) == 0

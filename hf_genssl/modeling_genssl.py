@@ -7,7 +7,7 @@ Read top to bottom:
 3. Heads                      - pretraining (two-stream or masked), causal LM, masked LM, sequence classification.
 
 How a forward pass decides what sees what: the caller (a data collator) gives ``group_ids``; the model
-turns them into one boolean mask with :func:`~two_stream_attention.visibility_mask` and never asks
+turns them into one rule, :class:`~two_stream_attention.GroupVisibility`, and never asks
 which objective produced them. Without ``group_ids`` only the content stream runs, with group ids
 derived from ``config.content_attention`` (positions for ``causal``, zeros for ``bidirectional``).
 """
@@ -35,7 +35,7 @@ except ImportError:  # transformers 4.x
 
 from .configuration_genssl import GenSSLConfig
 from .decoding import group_parallel_generate, unmasking_generate
-from .two_stream_attention import TwoStreamBlock, rotary_cos_sin, run_block_stack, visibility_mask
+from .two_stream_attention import GroupVisibility, TwoStreamBlock, rotary_cos_sin, run_block_stack
 
 __all__ = [
     "GenSSLPreTrainedModel",
@@ -82,7 +82,8 @@ class GenSSLForPreTrainingOutput(ModelOutput):
         loss: mean cross-entropy over positions whose label is not -100.
         logits: ``(batch, seq, vocab)``: ``logits[:, i]`` predicts token i (query stream with ``group_ids``,
             content stream without). With ``only_target_logits=True`` and labels: ``(num_targets, vocab)``, the
-            rows of the target positions in row-major order (``labels != -100``).
+            rows of the target positions in row-major order (``labels != -100``); under ``torch.compile``
+            ``(batch, seq, vocab)`` regardless (static shapes).
     """
 
     loss: torch.FloatTensor | None = None
@@ -99,7 +100,7 @@ class GenSSLPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TwoStreamBlock"]
     _supports_sdpa = True
     _supports_flash_attn = False  # arbitrary (2T x T) masks: no flash-attention kernel takes them
-    _supports_flex_attn = False
+    _supports_flex_attn = True  # the rule becomes a BlockMask (GroupVisibility.block_mask)
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -138,6 +139,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
     # -- inputs -> (positions, group ids, mask) ---------------------------------------------------------------
 
     def _check_positions(self, positions: torch.Tensor) -> None:
+        if torch.compiler.is_compiling():  # a host sync would break the graph; eager runs check every batch
+            return
         if positions.numel() and int(positions.max()) >= self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence of {int(positions.max()) + 1} tokens is longer than the model's "
@@ -246,8 +249,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         cached_gids = torch.full((batch_size, past_length), _ALWAYS_VISIBLE, dtype=torch.long, device=device)
         key_gids = torch.cat([cached_gids, content_gids], dim=1)
         row_limits = torch.cat([content_gids + 1, query_group_ids], dim=1) if two_streams else content_gids + 1
-        mask = visibility_mask(row_limits, key_gids, attention_mask)
-        if not output_attentions and bool(mask.all()):
+        mask = GroupVisibility(row_limits, key_gids, attention_mask)  # the rule as group ids; no (rows x keys) mask
+        if not output_attentions and mask.sees_everything():
             mask = None  # every row sees every key (decoding steps, unpadded masked LM): SDPA's unmasked kernel is faster
 
         # Positions: learned absolute embeddings added to both streams, or RoPE applied inside attention to every
@@ -368,7 +371,9 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
         hidden = outputs.query_hidden_state if group_ids is not None else outputs.last_hidden_state
 
         loss = None
-        if labels is not None and only_target_logits:
+        # Under torch.compile the target rows' count is data-dependent (a graph break): the vocabulary projection
+        # runs at every position there, same loss.
+        if labels is not None and only_target_logits and not torch.compiler.is_compiling():
             targets = labels != -100
             logits = self.lm_head(hidden[targets])
             loss = nn.functional.cross_entropy(logits.float(), labels[targets])

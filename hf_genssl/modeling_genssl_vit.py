@@ -31,7 +31,7 @@ except ImportError:  # transformers 4.x
     from torch.nn import init
 
 from .configuration_genssl_vit import GenSSLViTConfig
-from .two_stream_attention import TwoStreamBlock, gather_rows, run_block_stack, visibility_mask
+from .two_stream_attention import GroupVisibility, TwoStreamBlock, gather_rows, run_block_stack
 
 __all__ = [
     "GenSSLViTForImageClassification",
@@ -161,7 +161,7 @@ class GenSSLViTPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["TwoStreamBlock"]
     _supports_sdpa = True
     _supports_flash_attn = False  # arbitrary (2T x T) masks: no flash-attention kernel takes them
-    _supports_flex_attn = False
+    _supports_flex_attn = True  # the rule becomes a BlockMask (GroupVisibility.block_mask)
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -283,16 +283,16 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
                 patch_gids = patch_gids.gather(1, keep_index)
                 key_padding_mask = torch.cat([keep_mask.new_ones(batch_size, 1), keep_mask], dim=1)
             content_gids = torch.cat([cls_gid, patch_gids], dim=1)
-            mask = visibility_mask(torch.cat([content_gids + 1, query_limits], dim=1), content_gids, key_padding_mask)
+            mask = GroupVisibility(torch.cat([content_gids + 1, query_limits], dim=1), content_gids, key_padding_mask)
             hidden_states = torch.cat([hidden_states, query], dim=1)
         else:
             content_gids = self._default_group_ids(batch_size, device)
             causal = self.config.content_attention == "causal"
             # Bidirectional: every token sees every token; no mask lets SDPA pick its fastest kernel.
-            mask = visibility_mask(content_gids + 1, content_gids) if causal else None
+            mask = GroupVisibility(content_gids + 1, content_gids) if causal else None
             if packed:
                 row_limits = content_gids[:, 1:].gather(1, prediction_index) + 1
-                extra_rows = (prediction_index + 1, visibility_mask(row_limits, content_gids) if causal else None)
+                extra_rows = (prediction_index + 1, GroupVisibility(row_limits, content_gids) if causal else None)
 
         n_content = hidden_states.shape[1] - (query.shape[1] if two_streams else 0)
         hidden_states, n_content, all_hidden_states, all_attentions = run_block_stack(

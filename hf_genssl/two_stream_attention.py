@@ -29,8 +29,12 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = [
+    "GroupVisibility",
     "visibility_mask",
     "rotary_cos_sin",
     "apply_rotary",
@@ -43,36 +47,170 @@ __all__ = [
 ]
 
 
-def visibility_mask(
-    row_limits: torch.Tensor,
-    key_group_ids: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The one visibility rule: row i may see key j iff ``key_group_ids[j] < row_limits[i]`` and j is real.
+_NEVER_VISIBLE = torch.iinfo(torch.long).max // 2  # group id given to padding keys: no row's limit reaches it
+
+
+class GroupVisibility:
+    """The one visibility rule kept as group ids: row i may see key j iff ``key_group_ids[j] < row_limits[i]``.
+
+    This object is what every layer receives as its ``attention_mask``. It holds ``O(rows + keys)`` numbers, not a
+    ``(rows x keys)`` mask; each attention backend turns it into what its kernel wants, once per forward (the
+    result is cached here and shared by all layers):
+
+    * ``eager`` / ``sdpa``: the boolean mask ``(batch, 1, rows, keys)`` (:meth:`dense`); ``sdpa`` skips even that
+      when the group ids are ``arange`` (autoregressive, see :meth:`causal_layout`) and runs ``is_causal``
+      calls instead;
+    * ``flex_attention``: a ``BlockMask`` (:meth:`block_mask`) whose blocks are classified from the per-block
+      minimum / maximum group ids, so no ``rows x keys`` tensor is ever built and blocks nobody may see are skipped.
 
     Args:
         row_limits: ``(batch, rows)``; ``gid + 1`` for content-stream rows, ``gid`` for query-stream rows.
         key_group_ids: ``(batch, keys)`` group id of each key (content token).
         key_padding_mask: ``(batch, keys)``, 1/True for real tokens, 0/False for padding.
 
-    Returns:
-        Boolean mask ``(batch, 1, rows, keys)``; True = may attend (the SDPA convention).
-
-    A row with nothing to see (the query row of the always-visible BOS/CLS token, which is never a
-    target) would make softmax return NaN; such rows are pointed at the first real key instead. Their
-    outputs are never read as predictions, and no other row is affected.
+    A row with nothing to see (the query row of the always-visible BOS/CLS token, which is never a target) would
+    make softmax return NaN; such rows see the first real key instead. Their outputs are never read as
+    predictions, and no other row is affected.
     """
-    visible = key_group_ids[:, None, :] < row_limits[:, :, None]
-    if key_padding_mask is not None:
-        key_padding_mask = key_padding_mask.bool()
-        visible = visible & key_padding_mask[:, None, :]
-        first_key = key_padding_mask & (key_padding_mask.cumsum(-1) == 1)
-    else:
-        first_key = torch.zeros_like(key_group_ids, dtype=torch.bool)
-        first_key[:, 0] = True
-    empty_rows = ~visible.any(-1, keepdim=True)
-    visible = visible | (empty_rows & first_key[:, None, :])
-    return visible[:, None]
+
+    def __init__(
+        self,
+        row_limits: torch.Tensor,
+        key_group_ids: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ):
+        # contiguous: a compiled kernel that captures these guards on their strides (expanded aranges would recompile)
+        row_limits, key_group_ids = row_limits.contiguous(), key_group_ids.contiguous()
+        self.row_limits = row_limits
+        if key_padding_mask is not None:
+            real = key_padding_mask.bool()
+            key_group_ids = key_group_ids.masked_fill(~real, _NEVER_VISIBLE)
+            self.first_key = real.to(torch.int8).argmax(-1)  # (batch,) first real key
+        else:
+            self.first_key = torch.zeros(key_group_ids.shape[0], dtype=torch.long, device=key_group_ids.device)
+        self.key_group_ids = key_group_ids
+        self.empty_rows = row_limits <= key_group_ids.amin(-1, keepdim=True)  # (batch, rows)
+        self._cache: dict = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """The shape of the mask this object stands for: ``(batch, 1, rows, keys)``."""
+        return (self.row_limits.shape[0], 1, self.row_limits.shape[1], self.key_group_ids.shape[1])
+
+    def rows(self, start: int) -> GroupVisibility:
+        """The same rule for rows ``start:`` only (the last layer of a pretraining forward runs query rows only)."""
+        sliced = object.__new__(GroupVisibility)
+        sliced.row_limits = self.row_limits[:, start:].contiguous()
+        sliced.empty_rows = self.empty_rows[:, start:].contiguous()
+        sliced.key_group_ids, sliced.first_key = self.key_group_ids, self.first_key
+        sliced._cache = {}
+        if "dense" in self._cache:
+            sliced._cache["dense"] = self._cache["dense"][:, :, start:]
+        return sliced
+
+    def mask_mod(self, batch: torch.Tensor, head: torch.Tensor, row: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """The rule for one (row, key) pair, in flex attention's ``mask_mod`` signature."""
+        visible = self.key_group_ids[batch, key] < self.row_limits[batch, row]
+        return visible | (self.empty_rows[batch, row] & (key == self.first_key[batch]))
+
+    def dense(self) -> torch.Tensor:
+        """Boolean mask ``(batch, 1, rows, keys)``; True = may attend (the SDPA convention). Built once."""
+        if "dense" not in self._cache:
+            visible = self.key_group_ids[:, None, :] < self.row_limits[:, :, None]
+            keys = torch.arange(self.key_group_ids.shape[1], device=visible.device)
+            first = keys[None, None, :] == self.first_key[:, None, None]
+            self._cache["dense"] = (visible | (self.empty_rows[:, :, None] & first))[:, None]
+        return self._cache["dense"]
+
+    def sees_everything(self) -> bool:
+        """Whether every row sees every key (decoding steps, unpadded bidirectional input): then no mask is needed.
+
+        A data-dependent answer (one host sync): under ``torch.compile`` it answers ``False`` without looking.
+        """
+        if torch.compiler.is_compiling():
+            return False
+        return bool(self.key_group_ids.amax() < self.row_limits.amin())  # padding keys never pass
+
+    def causal_layout(self) -> tuple[int, ...] | None:
+        """The rule as causal problems, when it is one: keys ``arange(T)`` (no padding, which would fail that) and
+        rows in blocks of T whose limits are ``arange(T) + 1`` (content rows: causal) or ``arange(T)`` (query rows:
+        strictly causal). Returns each block's offset, e.g. ``(1, 0)`` for autoregressive ``[content; query]``
+        rows, ``(0,)`` for query rows alone; ``None`` otherwise.
+
+        A data-dependent answer (one host sync, once per forward); ``None`` under ``torch.compile``.
+        """
+        if "causal_layout" not in self._cache:
+            layout = None
+            rows, keys = self.row_limits.shape[1], self.key_group_ids.shape[1]
+            if not torch.compiler.is_compiling() and keys > 1 and rows % keys == 0:
+                order = torch.arange(keys, device=self.row_limits.device)
+                offsets = (self.row_limits.reshape(-1, rows // keys, keys) - order)[..., :1].amin(0).flatten()
+                expected = torch.cat([order + int(offset) for offset in offsets.tolist()])
+                if set(offsets.tolist()) <= {0, 1} and bool(
+                    (self.key_group_ids == order).all() & (self.row_limits == expected).all()
+                ):
+                    layout = tuple(offsets.tolist())
+            self._cache["causal_layout"] = layout
+        return self._cache["causal_layout"]
+
+    def block_mask(self, block_size: int = 128):
+        """flex attention's ``BlockMask`` for this rule, built from per-block group-id ranges (no dense mask).
+
+        A (row block, key block) tile is skipped when its smallest key group id reaches the largest row limit
+        (nobody in it may look), is *full* (no per-element mask) when its largest key group id is below the
+        smallest row limit, and *partial* (``mask_mod`` decides per element) otherwise. Tiles holding the first
+        key of a block with an empty row are kept, so that row can see the first key.
+        """
+        if "block_mask" not in self._cache:
+            from torch.nn.attention.flex_attention import BlockMask
+
+            batch, rows = self.row_limits.shape
+            keys = self.key_group_ids.shape[1]
+            n_row_blocks, n_key_blocks = -(-rows // block_size), -(-keys // block_size)
+
+            def block_range(x: torch.Tensor, n_blocks: int, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+                padded = nn.functional.pad(x, (0, n_blocks * block_size - x.shape[1]), value=fill)
+                blocks = padded.view(x.shape[0], n_blocks, block_size)
+                return blocks.amin(-1), blocks.amax(-1)
+
+            # Rows past the end are padded with limits that change no min/max decision of real rows.
+            row_min, _ = block_range(self.row_limits, n_row_blocks, _NEVER_VISIBLE)
+            _, row_max = block_range(self.row_limits, n_row_blocks, -_NEVER_VISIBLE)
+            key_min, _ = block_range(self.key_group_ids, n_key_blocks, _NEVER_VISIBLE)
+            _, key_max = block_range(self.key_group_ids, n_key_blocks, _NEVER_VISIBLE)
+            full = key_max[:, None, :] < row_min[:, :, None]  # (batch, row blocks, key blocks)
+            any_visible = key_min[:, None, :] < row_max[:, :, None]
+            empty_in_block = nn.functional.pad(self.empty_rows, (0, n_row_blocks * block_size - rows))
+            empty_in_block = empty_in_block.view(batch, n_row_blocks, block_size).any(-1)
+            first_block = torch.arange(n_key_blocks, device=full.device)[None, :] == (self.first_key // block_size)[:, None]
+            any_visible = any_visible | (empty_in_block[:, :, None] & first_block[:, None, :])
+            partial = any_visible & ~full
+
+            def as_indices(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                counts = chosen.sum(-1, dtype=torch.int32)
+                order = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+                return counts[:, None], order[:, None]  # (batch, 1 head, row blocks[, key blocks])
+
+            kv_num_blocks, kv_indices = as_indices(partial)
+            full_num_blocks, full_indices = as_indices(full)
+            self._cache["block_mask"] = BlockMask.from_kv_blocks(
+                kv_num_blocks, kv_indices, full_num_blocks, full_indices,
+                BLOCK_SIZE=block_size, mask_mod=self.mask_mod, seq_lengths=(rows, keys),
+            )
+        return self._cache["block_mask"]
+
+
+def visibility_mask(
+    row_limits: torch.Tensor,
+    key_group_ids: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The one visibility rule as a boolean mask ``(batch, 1, rows, keys)``: row i may see key j iff
+    ``key_group_ids[j] < row_limits[i]`` and j is real (True = may attend, the SDPA convention).
+
+    Arguments as :class:`GroupVisibility`, which the models pass to the attention instead of this dense mask.
+    """
+    return GroupVisibility(row_limits, key_group_ids, key_padding_mask).dense()
 
 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0, dtype=torch.float32):
@@ -141,6 +279,101 @@ def eager_attention_forward(
     return output, probs
 
 
+def causal_sdpa(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: tuple[int, ...], scaling: float | None = None
+) -> torch.Tensor:
+    """Attention of causal row blocks (:meth:`GroupVisibility.causal_layout`) as ``is_causal`` SDPA calls, no mask.
+
+    Output ``(batch, rows, heads, head_dim)``. A block with offset 1 (content rows, ``gid[j] <= gid[i]``) is plain
+    causal attention. A block with offset 0 (query rows, ``gid[j] < gid[i]``): rows ``1..T-1`` against keys
+    ``0..T-2`` with ``is_causal=True`` (top-left aligned) see exactly keys ``< i``; row 0 sees only the first key (the
+    empty-row rule), so its output is that key's value. Why: no mask is built or read, and on a GPU ``is_causal``
+    without a mask is what the FlashAttention kernel takes (any ``attn_mask`` rules it out).
+    """
+    keys = key.shape[2]
+    sdpa = nn.functional.scaled_dot_product_attention
+    parts = []
+    for block, offset in enumerate(layout):
+        rows = query[:, :, block * keys:(block + 1) * keys]
+        if offset == 1:
+            parts.append(sdpa(rows, key, value, is_causal=True, scale=scaling))
+        else:
+            parts.append(value[:, :, :1])
+            parts.append(sdpa(rows[:, :, 1:], key[:, :, :-1], value[:, :, :-1], is_causal=True, scale=scaling))
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous()
+
+
+FLEX_MIN_ROWS = 128  # one flex block: fewer rows (decoding steps) skip nothing and would compile per shape
+_compiled_flex_attention = None
+
+
+def flex_attention_call(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask, scaling: float | None = None
+) -> torch.Tensor:
+    """``flex_attention`` with a ``BlockMask``, compiled once per shape; output ``(batch, rows, heads, head_dim)``.
+
+    Why not transformers' ``flex_attention_forward``: it compiles with dynamic shapes, and in torch 2.13 the CPU
+    code generated for a second shape does not build (inductor C++ error). ``dynamic=False`` compiles each shape
+    once (13-20 s the first time; a training run has one shape). Inside an outer ``torch.compile`` the plain
+    function is traced instead.
+    """
+    global _compiled_flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
+
+    attend = flex_attention
+    if not torch.compiler.is_compiling():
+        if _compiled_flex_attention is None:
+            _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+        attend = _compiled_flex_attention
+    return attend(query, key, value, block_mask=block_mask, scale=scaling).transpose(1, 2).contiguous()
+
+
+_warned_flex_cpu_backward = False
+
+
+def two_stream_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: GroupVisibility | torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dispatch to ``module.config._attn_implementation`` with the mask form that backend wants.
+
+    A :class:`GroupVisibility` becomes a ``BlockMask`` for ``flex_attention``, two ``is_causal`` calls for ``sdpa``
+    when the rule is causal (see :func:`causal_sdpa`), and the boolean mask otherwise (``sdpa``,
+    ``eager``, any kernel registered with transformers' ``AttentionInterface``). torch has no flex backward on
+    CPU: a CPU forward that needs gradients runs ``sdpa`` instead (with a warning, once); so do calls with fewer
+    than ``FLEX_MIN_ROWS`` rows (decoding steps).
+    """
+    global _warned_flex_cpu_backward
+    implementation = module.config._attn_implementation or "eager"
+    if isinstance(attention_mask, GroupVisibility):
+        needs_weights = kwargs.get("output_attentions", False)
+        if implementation == "flex_attention" and not needs_weights:
+            if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+                if not _warned_flex_cpu_backward:
+                    _warned_flex_cpu_backward = True
+                    logger.warning("flex_attention has no backward pass on CPU in this torch; training runs sdpa.")
+                implementation = "sdpa"
+            elif query.shape[2] >= FLEX_MIN_ROWS:
+                if dropout > 0.0:
+                    raise ValueError("flex_attention has no attention dropout: set attention_probs_dropout_prob=0.")
+                return flex_attention_call(query, key, value, attention_mask.block_mask(), scaling), None
+            else:
+                implementation = "sdpa"
+        if implementation == "sdpa" and dropout == 0.0 and not needs_weights:
+            layout = attention_mask.causal_layout()
+            if layout is not None:
+                return causal_sdpa(query, key, value, layout, scaling), None
+        attention_mask = attention_mask.dense()
+    attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    return attention_interface(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
 class TwoStreamAttention(nn.Module):
     """Multi-head attention whose queries may come from both streams but whose keys/values come from content only.
 
@@ -190,10 +423,7 @@ class TwoStreamAttention(nn.Module):
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        output, weights = attention_interface(
+        output, weights = two_stream_attention_forward(
             self,
             query,
             key,
@@ -279,7 +509,8 @@ def run_block_stack(
     """Run the blocks over stacked ``[content (n_content rows); query]`` rows; shared by the text and image models.
 
     Args:
-        mask: the one visibility mask ``(batch, 1, rows, keys)`` of every block, or ``None`` (everything visible).
+        mask: the one visibility rule of every block (a :class:`GroupVisibility`, or a boolean mask
+            ``(batch, 1, rows, keys)``), or ``None`` (everything visible).
         last_layer_queries_only: the last block computes the query rows only (no one reads the final content
             stream during pretraining or decoding): its cost drops by the content rows' share.
         last_layer_extra_rows: ``(row index (batch, k), mask)``: content rows to repeat as query rows of the last
@@ -302,6 +533,8 @@ def run_block_stack(
             if last_layer_extra_rows is not None:  # the selected content rows ride along as query rows
                 rows, layer_mask = last_layer_extra_rows
                 hidden_states = torch.cat([hidden_states, gather_rows(hidden_states, rows)], dim=1)
+            elif isinstance(mask, GroupVisibility):
+                layer_mask = mask.rows(n_content)
             elif mask is not None:
                 layer_mask = mask[:, :, n_content:]
         hidden_states, weights = layer(hidden_states, n_content, layer_mask, content_queries=content_queries,

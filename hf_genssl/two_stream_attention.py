@@ -321,6 +321,8 @@ def flex_attention_call(
     from torch.nn.attention.flex_attention import flex_attention
 
     attend = flex_attention
+    if query.device.type == "cpu" and not torch.is_grad_enabled():  # torch refuses CPU inputs that require grad
+        query, key, value = query.detach(), key.detach(), value.detach()
     if not torch.compiler.is_compiling():
         if _compiled_flex_attention is None:
             _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
@@ -354,7 +356,8 @@ def two_stream_attention_forward(
     if isinstance(attention_mask, GroupVisibility):
         needs_weights = kwargs.get("output_attentions", False)
         if implementation == "flex_attention" and not needs_weights:
-            if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+            needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+            if query.device.type == "cpu" and needs_grad:
                 if not _warned_flex_cpu_backward:
                     _warned_flex_cpu_backward = True
                     logger.warning("flex_attention has no backward pass on CPU in this torch; training runs sdpa.")

@@ -686,6 +686,13 @@ def _warn_unhonoured_launcher(accelerator) -> None:
                            accelerator.distributed_type.value)
 
 
+def _reduce_window(accelerator, loss_sum: torch.Tensor, tokens: torch.Tensor) -> tuple[float, int]:
+    """(sum of the per-micro-batch losses averaged over processes, tokens of all processes) of the open window: one
+    collective and one host sync, done only when a row is logged or a checkpoint saved."""
+    total = accelerator.reduce(torch.stack([loss_sum, tokens.to(loss_sum.dtype)]), reduction="sum")
+    return total[0].item() / accelerator.num_processes, int(total[1].item())
+
+
 def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict | None = None,
                     resume: bool = False) -> dict:
     """Pretrain as ``config`` says; return final metrics and paths. See the module docstring for guarantees."""
@@ -777,8 +784,15 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
     micro_done = start_step * cfg.gradient_accumulation_steps
     epoch = micro_done // micro_per_epoch
     skip = micro_done % micro_per_epoch
-    step, tokens_seen = start_step, int(log_window.get("tokens", 0))
-    window_loss, window_steps = float(log_window.get("loss", 0.0)), int(log_window.get("steps", 0))
+    # The logging window (loss sum and tokens since the last log) stays on the device and is reduced across
+    # processes only when a row is logged or a checkpoint saved: no host sync per micro-batch. Resuming, the main
+    # process carries the saved window (the sum over processes restores it).
+    step, window_steps = start_step, int(log_window.get("steps", 0))
+    carried = accelerator.is_main_process
+    float_type = torch.float32 if accelerator.device.type == "mps" else torch.float64
+    window_loss = torch.tensor(float(log_window.get("loss", 0.0)) * accelerator.num_processes * carried,
+                               dtype=float_type, device=accelerator.device)
+    tokens_seen = torch.tensor(int(log_window.get("tokens", 0)) * carried, device=accelerator.device)
     window_start = time.perf_counter() - float(log_window.get("seconds", 0.0))
     run_start = time.perf_counter()
     # rows logged after the checkpoint are logged again below: drop them so a resumed log equals an uninterrupted one
@@ -804,9 +818,9 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            real = batch["attention_mask"].sum() if "attention_mask" in batch else len(batch["pixel_values"]) * items_per_example
-            tokens_seen += int(real) * accelerator.num_processes
-            window_loss += accelerator.gather(loss.detach()[None]).mean().item() / cfg.gradient_accumulation_steps
+            tokens_seen += (batch["attention_mask"].sum() if "attention_mask" in batch
+                            else len(batch["pixel_values"]) * items_per_example)
+            window_loss += loss.detach() / cfg.gradient_accumulation_steps
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -815,10 +829,13 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
             record: dict[str, Any] = {}
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
-                          "tokens": tokens_seen, "tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
+                loss_mean, tokens = _reduce_window(accelerator, window_loss, tokens_seen)
+                record = {"step": step, "loss": loss_mean / window_steps, "lr": scheduler.get_last_lr()[0],
+                          "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9)}
                 bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window_loss, window_steps, tokens_seen, window_start = 0.0, 0, 0, time.perf_counter()
+                window_loss.zero_()
+                tokens_seen.zero_()
+                window_steps, window_start = 0, time.perf_counter()
             if (step % cfg.eval_every == 0 or step == cfg.max_steps) and val_blocks:
                 record = {"step": step, **record,
                           "val_loss": _validation_loss(model, accelerator, val_blocks, cfg, tokenizer, objective)}
@@ -829,8 +846,9 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
             if record:
                 accelerator.log({key: value for key, value in record.items() if key != "step"}, step=step)
             if step % cfg.save_every == 0 and step < cfg.max_steps:
+                loss_mean, tokens = _reduce_window(accelerator, window_loss, tokens_seen)
                 _save_checkpoint(accelerator, run_dir, step, cfg, {
-                    "loss": window_loss, "steps": window_steps, "tokens": tokens_seen,
+                    "loss": loss_mean, "steps": window_steps, "tokens": tokens,
                     "seconds": time.perf_counter() - window_start})
             if step >= cfg.max_steps:
                 break
@@ -841,11 +859,13 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
 
     final_dir = run_dir / "final"
     push_error = None
+    # gathered on every process (a sharded model needs all of them), written by the main one
+    state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         # written next to final/ and renamed: `genssl reproduce` takes final/model.safetensors as "this run is done"
         final_tmp = run_dir / "final.tmp"
         shutil.rmtree(final_tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(final_tmp)
+        accelerator.unwrap_model(model).save_pretrained(final_tmp, state_dict=state_dict)
         tokenizer.save_pretrained(final_tmp)
         card = _write_card(final_tmp, final_dir, cfg, objective, history, data_name, time.perf_counter() - run_start)
         _publish(final_tmp, final_dir)

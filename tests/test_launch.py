@@ -57,3 +57,19 @@ def test_sharding_that_cannot_happen_on_cpu_is_reported(tmp_path, monkeypatch, c
         run_pretraining({**RUN, "output_dir": str(tmp_path / "run")})
     assert any("FSDP was requested (ACCELERATE_USE_FSDP) but Accelerate cannot use it on cpu" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_loss_is_reduced_across_processes_only_when_logged(tmp_path, monkeypatch):
+    """A gather (and a host sync) per micro-batch stalls every process of a multi-node run: the window's loss and
+    token count stay on the device until a row is logged (steps 4 and 8 here) or a checkpoint saved (none)."""
+    from accelerate import Accelerator
+
+    calls = []
+    for name in ("gather", "reduce", "gather_for_metrics"):
+        original = getattr(Accelerator, name)
+        monkeypatch.setattr(Accelerator, name, lambda self, *a, _name=name, _f=original, **k:
+                            calls.append(_name) or _f(self, *a, **k))
+    result = run_pretraining({**RUN, "max_steps": 8, "log_every": 4, "eval_every": 1000, "eval_batches": 1,
+                              "output_dir": str(tmp_path / "run")})
+    assert [r["step"] for r in result["history"]] == [4, 8]
+    assert len(calls) == 3, calls  # two logged rows and the final validation loss

@@ -73,3 +73,23 @@ def test_the_loss_is_reduced_across_processes_only_when_logged(tmp_path, monkeyp
                               "output_dir": str(tmp_path / "run")})
     assert [r["step"] for r in result["history"]] == [4, 8]
     assert len(calls) == 3, calls  # two logged rows and the final validation loss
+
+
+def test_example_accelerate_configs_name_the_models_shard_unit():
+    """training/accelerate/*.yaml are what `accelerate launch --config_file` reads: known distributed types, and the
+    FSDP wrap class is the models' own `_no_split_modules` (a renamed block would silently wrap nothing)."""
+    from pathlib import Path
+
+    import yaml
+
+    from hf_genssl import GenSSLForPreTraining, GenSSLViTForPreTraining
+
+    folder = Path(__file__).resolve().parents[1] / "training" / "accelerate"
+    fsdp = yaml.safe_load((folder / "fsdp2.yaml").read_text())
+    assert fsdp["distributed_type"] == "FSDP" and fsdp["fsdp_config"]["fsdp_version"] == 2
+    assert fsdp["fsdp_config"]["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+    assert [fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]] == GenSSLForPreTraining._no_split_modules
+    assert GenSSLViTForPreTraining._no_split_modules == GenSSLForPreTraining._no_split_modules
+    zero3 = yaml.safe_load((folder / "zero3.yaml").read_text())
+    assert zero3["distributed_type"] == "DEEPSPEED" and zero3["deepspeed_config"]["zero_stage"] == 3
+    assert zero3["deepspeed_config"]["zero3_save_16bit_model"] is True

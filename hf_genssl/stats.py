@@ -33,7 +33,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["ALPHA", "Comparison", "compare_paired", "holm", "judge", "sample_sd"]
+__all__ = ["ALPHA", "Comparison", "compare_paired", "format_p", "format_t", "holm", "judge", "sample_sd"]
 
 ALPHA = 0.05
 """Family-wise error rate of one run's verdicts (after the Holm correction)."""
@@ -78,15 +78,19 @@ class Comparison:
         if self.pending:
             return self.reason
         return (f"effect {self.effect:+.{digits}f} [95% CI {self.ci_low:+.{digits}f}, {self.ci_high:+.{digits}f}], "
-                f"paired t-test t({len(self.seeds) - 1}) = {_format_t(self.t)}, p = {_format_p(self.p)}, "
-                f"Holm p = {_format_p(self.p_holm)}, seeds {', '.join(map(str, self.seeds))}")
+                f"paired t-test t({len(self.seeds) - 1}) = {format_t(self.t)}, {format_p(self.p, 'p')}, "
+                f"{format_p(self.p_holm, 'Holm p')}, seeds {', '.join(map(str, self.seeds))}")
 
 
-def _format_p(p: float | None) -> str:
-    return "-" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+def format_p(p: float | None, name: str = "") -> str:
+    """``0.023``, ``< 0.001`` or ``-``; with ``name``: ``p = 0.023``, ``p < 0.001``."""
+    text = "-" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    if not name:
+        return text
+    return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
 
 
-def _format_t(t: float) -> str:
+def format_t(t: float) -> str:
     return "inf" if math.isinf(t) else ("-inf" if t == -math.inf else f"{t:.2f}")
 
 

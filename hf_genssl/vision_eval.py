@@ -38,6 +38,7 @@ __all__ = [
     "load_image_tensors",
     "normalize_pixels",
     "pixel_normalization",
+    "probe_accuracy",
     "reconstruct",
     "reconstruction_eval",
     "save_reconstruction_grid",
@@ -231,6 +232,20 @@ def linear_probe_eval(
     """Test accuracy of a logistic regression on frozen, standardised features (full-batch L-BFGS, seedless)."""
     train = extract_features(model, train_pixels, batch_size)
     test = extract_features(model, test_pixels, batch_size)
+    return probe_accuracy(train, train_labels, test, test_labels, weight_decay=weight_decay, max_iter=max_iter)
+
+
+def probe_accuracy(
+    train: torch.Tensor,
+    train_labels: torch.Tensor,
+    test: torch.Tensor,
+    test_labels: torch.Tensor,
+    weight_decay: float = 1e-4,
+    max_iter: int = 200,
+) -> float:
+    """The linear probe's protocol on given features ``(n, dim)``: standardised with the training statistics, a
+    logistic regression fitted by full-batch L-BFGS (seedless). Also the raw-pixel control, on flattened pixels."""
+    train, test = train.float().flatten(1), test.float().flatten(1)
     mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
     train, test = (train - mean) / std, (test - mean) / std
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1

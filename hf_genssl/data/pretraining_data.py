@@ -158,6 +158,21 @@ def _hold_out(train, cfg):
             train.filter(_InValidation(cfg.validation_split_percentage, True), **kwargs))
 
 
+def _file_without_column(files: list[str], cfg) -> ValueError | None:
+    """The one-line error for the first file whose first record lacks ``text_column`` or that holds no record."""
+    from datasets import load_dataset
+
+    for path in files:
+        extra = {"sample_by": cfg.sample_by} if _builder([path]) == "text" else {}
+        first = next(iter(load_dataset(_builder([path]), data_files=[path], split="train", streaming=True, **extra)),
+                     None)
+        if first is None:
+            return ValueError(f"{path} holds no documents.")
+        if cfg.text_column not in first:
+            return ValueError(f"{path} has no column {cfg.text_column!r} (columns: {sorted(first)}); set text_column.")
+    return None
+
+
 def _check_column(dataset, cfg, files: list[str], what: str) -> None:
     """A one-line error naming the file that lacks ``text_column`` (or the source, when not from files)."""
     columns = dataset.column_names
@@ -165,16 +180,8 @@ def _check_column(dataset, cfg, files: list[str], what: str) -> None:
         columns = list(next(iter(dataset), {}) or {})
     if cfg.text_column in columns:
         return
-    culprit = what
-    for path in files:  # find the file that lacks the column (only on this error path)
-        from datasets import load_dataset
-
-        peek = load_dataset(_builder([path]), data_files=[path], split="train", streaming=True)
-        first = next(iter(peek), None)
-        if first is None or cfg.text_column not in first:
-            culprit, columns = path, list(first or {})
-            break
-    raise ValueError(f"{culprit} has no column {cfg.text_column!r} (columns: {columns}); set text_column.")
+    raise _file_without_column(files, cfg) or ValueError(
+        f"{what} has no column {cfg.text_column!r} (columns: {sorted(columns)}); set text_column.")
 
 
 def _check_not_empty(dataset, cfg, files: list[str], what: str, streaming: bool) -> None:
@@ -230,7 +237,13 @@ def load_text_sources(cfg, streaming: bool = False) -> tuple[Any, Any, str]:
         builder = _builder(files + validation_files)
         extra = {"sample_by": cfg.sample_by} if builder == "text" else {}
         data_files = {"train": files, **({"validation": validation_files} if validation_files else {})}
-        splits = load_dataset(builder, data_files=data_files, cache_dir=cache, streaming=streaming, **extra)
+        try:
+            splits = load_dataset(builder, data_files=data_files, cache_dir=cache, streaming=streaming, **extra)
+        except Exception as error:  # e.g. files with different columns: name the file at fault when we can
+            culprit = _file_without_column(files + validation_files, cfg)
+            if culprit is not None:
+                raise culprit from error
+            raise ValueError(f"Could not read {', '.join(files + validation_files)}: {error}".splitlines()[0]) from error
         train, validation = splits["train"], splits.get("validation")
         name = ", ".join(_as_list(cfg.train_files))
         files += validation_files
@@ -400,7 +413,8 @@ def blocks_of(documents, tokenizer, cfg, what: str):
     from datasets import IterableDataset
 
     function = TokenizeAndGroup(tokenizer, cfg.text_column, cfg.seq_len - 1)  # the collator adds the BOS
-    columns = documents.column_names
+    documents = documents.select_columns([cfg.text_column])  # a stream may not know its other columns yet
+    columns = [cfg.text_column]
     if isinstance(documents, IterableDataset):
         return documents.map(function, batched=True, batch_size=DOCS_PER_BATCH, remove_columns=columns,
                              features=_features())

@@ -761,7 +761,7 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
     else:
         from .data.pretraining_data import load_text_pretraining_data
 
-        data = load_text_pretraining_data(cfg, accelerator, run_dir,
+        data = load_text_pretraining_data(cfg, accelerator, run_dir, resuming=checkpoint is not None,
                                           validation_examples=cfg.eval_batches * cfg.batch_size * accelerator.num_processes)
         model = _model(cfg, data.processor, objective) if not cfg.model_name_or_path else _pretrained_model(
             cfg, data.processor, objective)

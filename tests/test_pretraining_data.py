@@ -258,3 +258,13 @@ def test_continued_pretraining_under_another_objective_starts_from_the_checkpoin
     fresh = GenSSLForPreTraining(checkpoint.config)
     assert masked["history"][0]["val_loss"] == pytest.approx(loss_of(checkpoint), rel=1e-5)
     assert masked["history"][0]["val_loss"] != pytest.approx(loss_of(fresh), rel=1e-2)
+
+
+def test_a_folder_saved_with_save_to_disk_works_as_dataset_name(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"body": TEXTS[:100]}),
+                 "validation": Dataset.from_dict({"body": TEXTS[100:]})}).save_to_disk(tmp_path / "saved")
+    train, validation, name = load_text_sources(cfg_for(tmp_path, dataset_name=str(tmp_path / "saved"),
+                                                        text_column="body"))
+    assert list(train["body"]) == TEXTS[:100] and list(validation["body"]) == TEXTS[100:]

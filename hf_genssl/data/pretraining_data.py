@@ -317,7 +317,7 @@ def _texts_for_tokenizer(train, cfg) -> Iterator[str]:
             yield text or ""
 
 
-def load_tokenizer(cfg, train, run_dir: Path, is_main_process: bool):
+def load_tokenizer(cfg, train, run_dir: Path, is_main_process: bool, resuming: bool = False):
     """The run's tokenizer, saved as ``run_dir/tokenizer`` (a resumed run reuses exactly that one).
 
     * ``tokenizer_name_or_path`` (or ``model_name_or_path``): that tokenizer plus the missing special tokens;
@@ -333,7 +333,7 @@ def load_tokenizer(cfg, train, run_dir: Path, is_main_process: bool):
     from .sources import cache_root
 
     saved = run_dir / "tokenizer"
-    if (saved / "tokenizer_config.json").exists():
+    if resuming and (saved / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(saved)
     source = cfg.tokenizer_name_or_path or cfg.model_name_or_path
     if source:
@@ -439,11 +439,15 @@ def _first_examples(blocks, limit: int) -> list[dict]:
     return [{"input_ids": list(example["input_ids"])} for example in itertools.islice(iter(blocks), limit)]
 
 
-def load_text_pretraining_data(cfg, accelerator, run_dir: Path, validation_examples: int) -> PretrainingData:
-    """Sources -> tokenizer -> blocks, run on the main process first (the others then load its caches)."""
+def load_text_pretraining_data(cfg, accelerator, run_dir: Path, validation_examples: int,
+                                resuming: bool = False) -> PretrainingData:
+    """Sources -> tokenizer -> blocks, run on the main process first (the others then load its caches).
+
+    ``validation_examples``: how many validation blocks to keep (the loop evaluates on the first ones);
+    ``resuming``: reuse the tokenizer the run saved rather than rebuilding it."""
     with accelerator.main_process_first():
         train, validation, name = load_text_sources(cfg, streaming=cfg.streaming)
-        tokenizer = load_tokenizer(cfg, train, run_dir, accelerator.is_main_process)
+        tokenizer = load_tokenizer(cfg, train, run_dir, accelerator.is_main_process, resuming)
         if cfg.streaming:
             train = split_stream_by_node(train, accelerator.process_index, accelerator.num_processes)
         train_blocks = blocks_of(train, tokenizer, cfg, f"{name} (train)")

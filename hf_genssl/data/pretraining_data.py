@@ -17,14 +17,15 @@ processes.
 Preprocessing is one ``Dataset.map(batched=True, num_proc=...)`` that tokenizes a batch of 1000 documents
 (EOS after each) and cuts their concatenation into blocks of ``seq_len - 1`` tokens (the collator adds the
 BOS). Nothing is dropped: the last block of each batch may be shorter; the collator pads it and padding is
-never a target. The result is cached on disk under a fingerprint of (input data, tokenizer, block size,
-workers), memory-mapped, built by the main process while the others wait
+never a target. The result is cached in ``<cache>/preprocessed/`` under a fingerprint of (input data,
+tokenizer, block size, workers), memory-mapped, built by the main process while the others wait
 (``accelerator.main_process_first()``), then opened by all.
 
-With ``streaming: true`` the same function runs lazily on an ``IterableDataset``, split across processes with
-``datasets.distributed.split_dataset_by_node`` *before* tokenizing (each process reads only its share), and
-:class:`StreamingBatches` saves each process's ``IterableDataset.state_dict()`` with the checkpoint
-(``accelerator.register_for_checkpointing``), so a resumed run continues exactly where it stopped.
+With ``streaming: true`` the same function runs lazily on an ``IterableDataset`` split across processes by
+``datasets.distributed.split_dataset_by_node``: whole shards (files) per process when their number divides by
+the number of processes, else every process reads the stream and keeps every N-th block. :class:`StreamingBatches`
+saves each process's ``IterableDataset.state_dict()`` with the checkpoint (through
+``accelerator.register_for_checkpointing``), so a resumed run continues exactly where it stopped.
 
 Without ``tokenizer_name_or_path`` a byte-level BPE is trained once per (data, settings) and cached under
 ``<cache>/tokenizers/``; an existing tokenizer gets the special tokens the objectives need (BOS, EOS, pad,
@@ -220,8 +221,6 @@ def load_text_sources(cfg, streaming: bool = False) -> tuple[Any, Any, str]:
             splits = load_from_disk(cfg.dataset_name)
             if not isinstance(splits, DatasetDict):
                 splits = DatasetDict({"train": splits})
-            if streaming:
-                splits = {k: v.to_iterable_dataset(num_shards=_shards(len(v))) for k, v in splits.items()}
         else:
             try:
                 splits = load_dataset(cfg.dataset_name, cfg.dataset_config_name, cache_dir=cache, streaming=streaming)
@@ -256,10 +255,10 @@ def load_text_sources(cfg, streaming: bool = False) -> tuple[Any, Any, str]:
         train, validation = corpus["train"], corpus["validation"]
         if cfg.max_docs:
             train = train.select(range(min(cfg.max_docs, len(train))))
-        if streaming:
-            train = train.to_iterable_dataset(num_shards=_shards(len(train)))
-            validation = validation.to_iterable_dataset(num_shards=1)
         name = "+".join(cfg.corpus)
+    if streaming and isinstance(train, Dataset):  # in-memory texts, the built-in corpora: streamed from Arrow
+        train = train.to_iterable_dataset(num_shards=_shards(len(train)))
+        validation = validation.to_iterable_dataset(num_shards=1) if validation is not None else None
     what = name
     _check_column(train, cfg, files, what)
     if validation is None:
@@ -422,14 +421,22 @@ def blocks_of(documents, tokenizer, cfg, what: str):
     fingerprint = hashlib.sha256(json.dumps([documents._fingerprint, _tokenizer_fingerprint(tokenizer),
                                              cfg.text_column, cfg.seq_len - 1, workers, PREPROCESSING_VERSION])
                                  .encode()).hexdigest()[:16]
+    cache_file = None
+    if documents.cache_files:  # on disk: cache the blocks in our own folder, never next to (verified) source data
+        from .sources import cache_root
+
+        folder = cache_root(cfg.cache_dir) / "preprocessed"
+        folder.mkdir(parents=True, exist_ok=True)
+        cache_file = str(folder / f"blocks-{fingerprint}.arrow")
     return documents.map(function, batched=True, batch_size=DOCS_PER_BATCH, remove_columns=columns,
                          num_proc=workers if workers and workers > 1 else None, features=_features(),
-                         new_fingerprint=fingerprint, desc=f"tokenizing {what} into blocks")
+                         new_fingerprint=fingerprint, cache_file_name=cache_file, desc=f"tokenizing {what} into blocks")
 
 
 def split_stream_by_node(dataset, rank: int, world_size: int):
     """This process's share of a stream (``datasets.distributed.split_dataset_by_node``): whole shards when their
-    number divides by ``world_size``, else every ``world_size``-th document."""
+    number divides by ``world_size``, else every ``world_size``-th example of the finished pipeline (datasets
+    applies that split after the ``map``, so then each process reads and tokenizes the whole stream)."""
     from datasets.distributed import split_dataset_by_node
 
     return dataset if world_size == 1 else split_dataset_by_node(dataset, rank=rank, world_size=world_size)

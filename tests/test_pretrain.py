@@ -124,12 +124,13 @@ def test_config_errors(tmp_path):
     ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer"),
 ])
 def test_config_values_are_checked_before_any_data_work(tmp_path, monkeypatch, overrides, message):
+    import hf_genssl.data.pretraining_data as pretraining_data
     import hf_genssl.pretraining as pretraining
 
-    def no_data(*args):
+    def no_data(*args, **kwargs):
         raise AssertionError("data loaded before the config was checked")
 
-    monkeypatch.setattr(pretraining, "_corpus_texts", no_data)
+    monkeypatch.setattr(pretraining_data, "load_text_pretraining_data", no_data)
     monkeypatch.setattr(pretraining, "_image_data", no_data)
     with pytest.raises(ValueError, match=message):
         load_config("tiny", overrides)
@@ -143,9 +144,10 @@ def test_config_yaml_quirks_are_read_as_meant():
 
 
 def test_masked_ratio_mismatch_fails_before_data_work(tmp_path, monkeypatch):
-    import hf_genssl.pretraining as pretraining
+    import hf_genssl.data.pretraining_data as pretraining_data
 
-    monkeypatch.setattr(pretraining, "_corpus_texts", lambda cfg: (_ for _ in ()).throw(AssertionError("data")))
+    monkeypatch.setattr(pretraining_data, "load_text_pretraining_data",
+                        lambda *args, **kwargs: (_ for _ in ()).throw(AssertionError("data")))
     with pytest.raises(ValueError, match="draws the mask ratio from a range"):
         run_pretraining({**TINY, "objective": "variable_masked", "max_steps": 1, "output_dir": str(tmp_path / "v")})
 

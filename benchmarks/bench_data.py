@@ -11,6 +11,7 @@ Preprocessing throughput compares our tokenize-and-group ``datasets.map`` with a
 ``datasets.map(lambda b: tokenizer(b["text"]), batched=True)``, same tokenizer, same ``num_proc``, no cache.
 
     python benchmarks/bench_data.py [--scales 1 4 16] [--num-proc 2] [--workdir /tmp/genssl-bench-data] [--json out.json]
+                                    [--throughput-only]
 
 Heavy at 16x (~430 MB of jsonl, ~110 M tokens); nice it on a shared machine.
 """
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/genssl-bench-data")
     parser.add_argument("--cache-dir", default=None, help="hf_genssl data cache (default: $GENSSL_CACHE or ~/.cache)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the pretraining runs")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def main() -> None:
         train_tokenizer(list(texts), vocab_size=8192, model_max_length=128).save_pretrained(tokenizer_path)
 
     rows = []
-    for scale in args.scales:
+    for scale in [] if args.throughput_only else args.scales:
         corpus, size = write_corpus(workdir, scale, args.cache_dir)
         for streaming in (True, False):
             run = workdir / f"run-{scale}x-{'stream' if streaming else 'arrow'}-{time.time_ns()}"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.loss.loss_utils import ForMaskedLMLoss
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -27,6 +28,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
 
 try:  # transformers >= 5: init helpers that respect `_is_hf_initialized`
     from transformers import initialization as init
@@ -63,10 +65,18 @@ class GenSSLModelOutput(BaseModelOutputWithPast):
     Args:
         last_hidden_state: ``(batch, seq, hidden)`` content stream after the final LayerNorm (``None`` when the
             caller asked to skip the content stream of the last layer).
-        past_key_values / cache: KV cache of the content stream (the field is ``cache`` from transformers 5.24 on;
-            ``.past_key_values`` reads it under either version).
-        hidden_states: content stream after the embeddings and after each block, when requested.
-        attentions: attention probabilities of each block (eager attention only), rows ``[content; query]``.
+        cache: KV cache of the content stream (named ``past_key_values`` before transformers 5.24).
+        hidden_states: ``num_hidden_layers + 1`` tensors, when requested: the content stream entering each block
+            (the embeddings first), then the final features after the LayerNorm: ``last_hidden_state`` when the
+            content stream was computed to the end, else ``query_hidden_state`` (the heads that read the query
+            stream: causal LM, two-stream pretraining, ``"query"`` pooling). So ``hidden_states[-1]`` is always
+            what the head reads. All are on the gradient path (``retain_grad`` works).
+        attentions: attention probabilities of each block, when requested: ``(batch, heads, rows, keys)`` with rows
+            ``[content (seq); query (n_query)]`` stacked, so a head that runs the query stream returns
+            ``(2T x T)`` maps (without a cache). Each stream's square map is a slice:
+            ``attentions[l][:, :, :seq]`` (content, ``(T x T)``) and ``attentions[l][:, :, seq:]`` (query, one row
+            per query position; ``(T x T)`` for the causal LM). The last block of a head that reads only the query
+            stream computes query rows only, so its map is the query map alone.
         query_hidden_state: ``(batch, seq, hidden)`` query stream after the final LayerNorm; row i is the
             representation that predicts token i. Only when ``group_ids`` are given.
     """
@@ -105,7 +115,7 @@ class GenSSLPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, GenSSLModel):
+        if isinstance(module, GenSSLModel) and module.query_stream_start is not None:
             init.normal_(module.query_stream_start, mean=0.0, std=self.config.initializer_range)
 
 
@@ -113,17 +123,20 @@ class GenSSLModel(GenSSLPreTrainedModel):
     """The bare backbone. Returns the content stream and, given ``group_ids``, the query stream.
 
     The query stream starts from one learned vector (``query_stream_start``) plus the position embedding:
-    it knows *where* it predicts but never *what* is there.
+    it knows *where* it predicts but never *what* is there. ``add_query_stream=False`` builds the backbone without
+    that vector, for heads that never run the query stream (the masked LM, mean/last pooling): a parameter that
+    never gets a gradient breaks DDP without ``find_unused_parameters``, which ``Trainer`` turns off under gradient
+    checkpointing. Such heads ignore the vector when loading a checkpoint that has it.
     """
 
-    def __init__(self, config: GenSSLConfig):
+    def __init__(self, config: GenSSLConfig, add_query_stream: bool = True):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
         self.embed_positions = (
             nn.Embedding(config.max_position_embeddings, config.hidden_size)
             if config.position_embedding_type == "absolute" else None
         )
-        self.query_stream_start = nn.Parameter(torch.zeros(config.hidden_size))
+        self.query_stream_start = nn.Parameter(torch.zeros(config.hidden_size)) if add_query_stream else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(TwoStreamBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -170,13 +183,14 @@ class GenSSLModel(GenSSLPreTrainedModel):
             return positions
         return torch.zeros_like(positions)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         group_ids: torch.LongTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -185,7 +199,6 @@ class GenSSLModel(GenSSLPreTrainedModel):
         return_content_stream: bool = True,
         query_group_ids: torch.LongTensor | None = None,
         query_position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
         **kwargs,
     ) -> GenSSLModelOutput | tuple:
         r"""
@@ -194,7 +207,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
             attention_mask: ``(batch, past + seq)``; 1 for real tokens, 0 for padding.
             group_ids: ``(batch, seq)`` integer order of the tokens. When given, a second (query) stream runs:
                 content token i sees j iff ``group_ids[j] <= group_ids[i]``; query row i sees content j iff
-                ``group_ids[j] < group_ids[i]``. Tokens already in ``past_key_values`` are visible to every row.
+                ``group_ids[j] < group_ids[i]``. Tokens already in ``cache`` are visible to every row.
             position_ids: override the positions (default: counted over real tokens of ``attention_mask``).
             return_content_stream: ``False`` skips the content stream of the last block (only the query stream
                 is read during pretraining); ``last_hidden_state`` is then ``None``.
@@ -202,9 +215,10 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 instead of one per input token. Query row r predicts the token at ``query_position_ids[r]`` from
                 content with group id ``< query_group_ids[r]``. Used by decoding: the rows for the next token (or
                 the next group) ride along with the content pass of the tokens just emitted.
-            cache: the name transformers >= 5.24 gives ``past_key_values``; either may be passed.
+            cache: the KV cache of the content stream (``past_key_values``, its name before transformers 5.24, is
+                still accepted with a deprecation warning).
         """
-        past_key_values = cache if cache is not None else past_key_values
+        past_key_values = cache
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -243,6 +257,11 @@ class GenSSLModel(GenSSLPreTrainedModel):
             query_group_ids, query_position_ids = content_gids, positions
         two_streams = query_group_ids is not None
         if two_streams:
+            if self.query_stream_start is None:
+                raise ValueError(
+                    f"{type(self).__name__} was built without a query stream (add_query_stream=False: this head never "
+                    "runs it), so it takes no group_ids; use GenSSLForPreTraining or GenSSLModel for two-stream inputs."
+                )
             self._check_positions(query_position_ids)
 
         # One mask for both streams: rows [content; query] against content keys (cached ones always visible).
@@ -261,8 +280,9 @@ class GenSSLModel(GenSSLPreTrainedModel):
             cos, sin = self._rope_table(inputs_embeds.device, inputs_embeds.dtype)
             rotary = (cos[row_positions][:, None], sin[row_positions][:, None])  # (batch, 1 head, rows, head_dim)
             content_embeds = inputs_embeds
-            query_embeds = self.query_stream_start.to(inputs_embeds.dtype).expand(
-                batch_size, query_position_ids.shape[1] if two_streams else 0, -1)
+            if two_streams:
+                query_embeds = self.query_stream_start.to(inputs_embeds.dtype).expand(
+                    batch_size, query_position_ids.shape[1], -1)
         else:
             content_embeds = inputs_embeds + self.embed_positions(positions)
             if two_streams:
@@ -286,8 +306,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
 
         content_out = hidden_states[:, :n_content] if n_content else None
         query_out = hidden_states[:, n_content:] if two_streams else None
-        if output_hidden_states and content_out is not None:
-            all_hidden_states += (content_out,)
+        if output_hidden_states:  # layers + 1 entries; the last is what the head reads (see GenSSLModelOutput)
+            all_hidden_states += (content_out if content_out is not None else query_out,)
 
         output = GenSSLModelOutput(
             last_hidden_state=content_out,
@@ -310,6 +330,23 @@ def _check_labels(labels: torch.Tensor | None, reference: torch.Tensor, name: st
             f"labels has shape {tuple(labels.shape)} but {name} has {tuple(reference.shape[:2])}; "
             "give one label per token, -100 where nothing is predicted."
         )
+
+
+def _num_items(num_items_in_batch: int | torch.Tensor | None, targets: torch.Tensor) -> int | torch.Tensor:
+    """What the summed token loss is divided by: ``num_items_in_batch`` (``Trainer`` counts the targets of all
+    accumulated micro-batches and DDP ranks) or this batch's targets; at least 1, so a batch without targets has loss
+    0 (zero gradient) instead of NaN."""
+    if num_items_in_batch is None:
+        num_items_in_batch = (targets != -100).sum()
+    if torch.is_tensor(num_items_in_batch):
+        return num_items_in_batch.clamp(min=1)
+    return max(int(num_items_in_batch), 1)
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None):
+    """Cross-entropy of ``logits`` ``(..., vocab)`` against aligned ``targets`` (-100 ignored), summed and divided by
+    :func:`_num_items`: transformers' ``ForMaskedLMLoss`` with the count always given (so no NaN without targets)."""
+    return ForMaskedLMLoss(logits, targets, logits.shape[-1], num_items_in_batch=_num_items(num_items_in_batch, targets))
 
 
 class _LMHeadMixin:
@@ -350,17 +387,25 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
         group_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         only_target_logits: bool = False,
+        inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> GenSSLForPreTrainingOutput | tuple:
-        _check_labels(labels, input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
+        r"""
+        Args:
+            num_items_in_batch: targets in the whole accumulated batch (``Trainer`` passes it); the loss is the sum
+                of token losses divided by it. Default: this batch's targets.
+        """
+        _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
             group_ids=group_ids,
+            inputs_embeds=inputs_embeds,
             use_cache=False,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -368,7 +413,10 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
             return_content_stream=False,
             **kwargs,
         )
-        hidden = outputs.query_hidden_state if group_ids is not None else outputs.last_hidden_state
+        if group_ids is not None:
+            hidden = outputs.query_hidden_state
+        else:  # one-stream (masked) step: the query-stream vector is unused; zero times it keeps DDP's reducer happy
+            hidden = outputs.last_hidden_state + 0.0 * self.model.query_stream_start.sum()
 
         loss = None
         # Under torch.compile the target rows' count is data-dependent (a graph break): the vocabulary projection
@@ -376,11 +424,11 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
         if labels is not None and only_target_logits and not torch.compiler.is_compiling():
             targets = labels != -100
             logits = self.lm_head(hidden[targets])
-            loss = nn.functional.cross_entropy(logits.float(), labels[targets])
+            loss = token_loss(logits, labels[targets], num_items_in_batch)
         else:
             logits = self.lm_head(hidden)
             if labels is not None:
-                loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+                loss = token_loss(logits, labels, num_items_in_batch)
 
         output = GenSSLForPreTrainingOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
@@ -437,23 +485,36 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             kwargs.update(zip(names, args, strict=False))
         return group_parallel_generate(self, inputs, group_size=group_size, **kwargs)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        logits_to_keep: int = 0,
-        cache: Cache | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
-        past_key_values = cache if cache is not None else past_key_values  # transformers >= 5.24 passes cache=
+        r"""
+        Args:
+            labels: ``(batch, seq)``, the input ids (shifted inside, -100 = ignored), as in GPT-2.
+            shift_labels: ``(batch, seq)`` targets already aligned with the logits (``shift_labels[:, i]`` is the
+                token ``logits[:, i]`` predicts); replaces ``labels`` (what Accelerate passes under context or
+                sequence parallelism).
+            num_items_in_batch: number of target tokens in the whole accumulated batch (``Trainer`` passes it): the
+                loss is the sum of token losses divided by it, so gradient accumulation and DDP average per token.
+            logits_to_keep: compute logits only for the last ``logits_to_keep`` positions (an int), or at the given
+                positions (a 1-D tensor of indices), as transformers' causal LMs.
+        """
+        past_key_values = cache
         if self.config.content_attention != "causal" and (past_key_values is not None or use_cache):
             raise ValueError(
                 "This checkpoint's content stream is bidirectional (masked pretraining); a KV cache would change "
@@ -476,7 +537,7 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -488,19 +549,19 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden = outputs.query_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep])
 
         loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+        if labels is not None or shift_labels is not None:
+            targets = shift_labels if shift_labels is not None else labels[:, 1:]
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      shift_labels=shift_labels,
+                                      num_items_in_batch=_num_items(num_items_in_batch, targets))
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            **{CACHE_FIELD: outputs.past_key_values},
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -510,12 +571,15 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
 class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
     """Masked-LM head over the content stream: ``logits[:, i]`` predicts the token at i (no shift).
 
-    Meant for checkpoints with ``content_attention="bidirectional"``; it powers the ``fill-mask`` pipeline.
+    Meant for checkpoints with ``content_attention="bidirectional"``; it powers the ``fill-mask`` pipeline. It never
+    runs the query stream, so its backbone has no ``query_stream_start`` (ignored when loading a checkpoint).
     """
+
+    _keys_to_ignore_on_load_unexpected = [r"query_stream_start"]
 
     def __init__(self, config: GenSSLConfig):
         super().__init__(config)
-        self.model = GenSSLModel(config)
+        self.model = GenSSLModel(config, add_query_stream=False)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
@@ -546,16 +610,19 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> MaskedLMOutput | tuple:
-        _check_labels(labels, input_ids if input_ids is not None else kwargs.get("inputs_embeds"))
+        _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
             use_cache=False,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -565,7 +632,7 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            loss = token_loss(logits, labels, num_items_in_batch)
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -584,12 +651,16 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
       free to grow (adding one vector to every key or value changes nothing a query sees); its features of
       different inputs end up nearly parallel and fine-tune poorly. This row is GPT's last-token feature.
     * ``"last"``: the content stream at the last real token; ``"mean"``: the mean content over real tokens.
+
+    With ``"last"`` or ``"mean"`` the query stream never runs, so the backbone has no ``query_stream_start``.
     """
+
+    _keys_to_ignore_on_load_unexpected = [r"query_stream_start"]
 
     def __init__(self, config: GenSSLConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.model = GenSSLModel(config)
+        self.model = GenSSLModel(config, add_query_stream=self._pooling() == "query")
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
@@ -617,13 +688,14 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        reference = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        reference = input_ids if input_ids is not None else inputs_embeds
         if labels is not None and labels.shape[0] != reference.shape[0]:
             raise ValueError(f"labels has {labels.shape[0]} rows but the batch has {reference.shape[0]} sequences.")
         if attention_mask is None:
@@ -638,6 +710,7 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
             use_cache=False,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,

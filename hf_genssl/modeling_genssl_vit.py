@@ -84,9 +84,12 @@ class GenSSLViTModelOutput(ModelOutput):
             raster order; ``k`` is the most patches selected in any image of the batch.
         prediction_mask: ``(batch, k)`` bool, the real rows of ``prediction_hidden_state`` (the rest is padding).
             ``prediction_hidden_state[prediction_mask]`` lists the selected patches in row-major order.
-        hidden_states: content stream after the embeddings and after each block, when requested (only the content
-            rows that were computed, when ``prediction_patches`` pruned some).
-        attentions: attention probabilities of each block (eager attention only), rows ``[content; query]``.
+        hidden_states: ``num_hidden_layers + 1`` tensors, when requested: the content stream entering each block (the
+            embeddings first; only the content rows that were computed, when ``prediction_patches`` pruned some),
+            then the final features the head reads (``last_hidden_state``, or the query/prediction rows when the
+            last block ran those only). All on the gradient path.
+        attentions: attention probabilities of each block, when requested: rows ``[content; query]`` stacked against
+            the content keys (``(2N x N)``-like with ``group_ids``); slice the rows for each stream's square map.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -123,17 +126,21 @@ class GenSSLViTEmbeddings(nn.Module):
     * ``mask_token`` replaces the patch embedding at ``bool_masked_pos`` (masked pretraining, one stream);
     * ``query_stream_start`` plus the patch's position starts the query stream: it knows *where* it predicts,
       never *what* is there.
+
+    A head that never uses one of the two (the classifier uses neither) builds the embeddings without it: a parameter
+    that never gets a gradient breaks DDP without ``find_unused_parameters`` (``Trainer``'s setting under gradient
+    checkpointing).
     """
 
-    def __init__(self, config: GenSSLViTConfig):
+    def __init__(self, config: GenSSLViTConfig, add_mask_token: bool = True, add_query_stream: bool = True):
         super().__init__()
         self.patch_size = config.patch_size
         self.patch_embeddings = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
         self.cls_token = nn.Parameter(torch.zeros(config.hidden_size))
-        self.mask_token = nn.Parameter(torch.zeros(config.hidden_size))
-        self.query_stream_start = nn.Parameter(torch.zeros(config.hidden_size))
+        self.mask_token = nn.Parameter(torch.zeros(config.hidden_size)) if add_mask_token else None
+        self.query_stream_start = nn.Parameter(torch.zeros(config.hidden_size)) if add_query_stream else None
         self.position_embeddings = nn.Parameter(torch.zeros(config.num_patches + 1, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -141,12 +148,16 @@ class GenSSLViTEmbeddings(nn.Module):
         """Content stream input ``(batch, 1 + num_patches, hidden)``."""
         patches = self.patch_embeddings(pixel_values.to(self.patch_embeddings.weight.dtype)).flatten(2).transpose(1, 2)
         if bool_masked_pos is not None:
+            if self.mask_token is None:
+                raise ValueError("This head was built without a mask token; bool_masked_pos needs GenSSLViTForPreTraining.")
             patches = torch.where(bool_masked_pos[..., None].bool(), self.mask_token.to(patches.dtype), patches)
         cls = self.cls_token.to(patches.dtype).expand(patches.shape[0], 1, -1)
         return self.dropout(torch.cat([cls, patches], dim=1) + self.position_embeddings)
 
     def query_stream(self, batch_size: int) -> torch.Tensor:
         """Query stream input ``(batch, num_patches, hidden)``: one row per patch, at the patch's position."""
+        if self.query_stream_start is None:
+            raise ValueError("This head was built without a query stream; group_ids need GenSSLViTForPreTraining.")
         rows = self.query_stream_start + self.position_embeddings[1:]
         return self.dropout(rows.expand(batch_size, -1, -1))
 
@@ -170,16 +181,22 @@ class GenSSLViTPreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.trunc_normal_(module.cls_token, mean=0.0, std=std)
-            init.trunc_normal_(module.query_stream_start, mean=0.0, std=std)
-            init.zeros_(module.mask_token)  # as ViT/SimMIM
+            if module.query_stream_start is not None:
+                init.trunc_normal_(module.query_stream_start, mean=0.0, std=std)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)  # as ViT/SimMIM
 
 
 class GenSSLViTModel(GenSSLViTPreTrainedModel):
-    """The bare ViT backbone. Returns the content stream (CLS + patches) and, given ``group_ids``, the query stream."""
+    """The bare ViT backbone. Returns the content stream (CLS + patches) and, given ``group_ids``, the query stream.
 
-    def __init__(self, config: GenSSLViTConfig):
+    ``add_mask_token`` / ``add_query_stream``: see :class:`GenSSLViTEmbeddings` (heads that never use them leave them
+    out, and ignore them when loading a checkpoint that has them).
+    """
+
+    def __init__(self, config: GenSSLViTConfig, add_mask_token: bool = True, add_query_stream: bool = True):
         super().__init__(config)
-        self.embeddings = GenSSLViTEmbeddings(config)
+        self.embeddings = GenSSLViTEmbeddings(config, add_mask_token=add_mask_token, add_query_stream=add_query_stream)
         self.layers = nn.ModuleList(TwoStreamBlock(config, i) for i in range(config.num_hidden_layers))
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
@@ -309,8 +326,8 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
 
         content_out = hidden_states[:, :n_content] if n_content else None
         query_out = hidden_states[:, n_content:] if (two_streams or packed) else None
-        if output_hidden_states and content_out is not None:
-            all_hidden_states += (content_out,)
+        if output_hidden_states:  # layers + 1 entries; the last is what the head reads
+            all_hidden_states += (content_out if content_out is not None else query_out,)
         output = GenSSLViTModelOutput(
             last_hidden_state=content_out,
             query_hidden_state=query_out if not packed else None,
@@ -418,6 +435,12 @@ class GenSSLViTForPreTraining(GenSSLViTPreTrainedModel):
         else:
             hidden = outputs.query_hidden_state if group_ids is not None else outputs.last_hidden_state[:, 1:]
             logits = self.decoder(hidden)
+        # Each step uses the query-stream vector or the mask token, not both: zero times the unused one(s) keeps every
+        # parameter in the graph (DDP without find_unused_parameters, Trainer's setting under gradient checkpointing).
+        embeddings = self.vit.embeddings
+        unused = [p for p, used in ((embeddings.query_stream_start, group_ids is not None),
+                                    (embeddings.mask_token, bool_masked_pos is not None)) if not used]
+        logits = logits + sum(0.0 * p.sum() for p in unused)
 
         loss = None
         if targets is not None and bool(targets.any()):
@@ -443,10 +466,12 @@ class GenSSLViTForImageClassification(GenSSLViTPreTrainedModel):
     with ``content_attention="bidirectional"``; the default keeps the attention the checkpoint was trained with.
     """
 
+    _keys_to_ignore_on_load_unexpected = [r"mask_token", r"query_stream_start"]
+
     def __init__(self, config: GenSSLViTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vit = GenSSLViTModel(config)
+        self.vit = GenSSLViTModel(config, add_mask_token=False, add_query_stream=False)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)

@@ -529,7 +529,14 @@ def run_block_stack(
     queries_only_at_end = last_layer_queries_only or last_layer_extra_rows is not None
     for index, layer in enumerate(layers):
         if output_hidden_states:
-            all_hidden_states += (hidden_states[:, :n_content],)
+            # The recorded content rows are the tensor the block reads (rows re-joined from them), so they stay on
+            # the gradient path: ``hidden_states[i].retain_grad()`` works, as in every transformers model.
+            content = hidden_states[:, :n_content]
+            all_hidden_states += (content,)
+            if n_content < hidden_states.shape[1]:
+                hidden_states = torch.cat([content, hidden_states[:, n_content:]], dim=1)
+            else:
+                hidden_states = content
         content_queries = not (queries_only_at_end and index == len(layers) - 1)
         layer_mask = mask
         if not content_queries:

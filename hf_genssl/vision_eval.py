@@ -292,7 +292,8 @@ def fine_tune_eval(
     if content_attention is not None:
         config.content_attention = content_attention
     classifier = GenSSLViTForImageClassification(config)
-    classifier.vit.load_state_dict(model.base_model.state_dict())
+    wanted = classifier.vit.state_dict().keys()  # the classifier has no mask token or query-stream vector (unused)
+    classifier.vit.load_state_dict({k: v for k, v in model.base_model.state_dict().items() if k in wanted})
     device = next(model.parameters()).device
     classifier.to(device).train()
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)

@@ -9,11 +9,38 @@ feature-extraction and generation time: ``"causal"`` for checkpoints pretrained 
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 from transformers import PretrainedConfig
 
 __all__ = ["GenSSLConfig", "CONTENT_ATTENTION_MODES", "GENSSL_AUTO_MAP"]
+
+# Keys every saved transformers config may carry besides a model's own arguments.
+_COMMON_CONFIG_KEYS = set(PretrainedConfig().to_dict()) | {
+    "auto_map", "torch_dtype", "num_labels", "use_cache", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+    "pad_token_id", "sep_token_id", "decoder_start_token_id", "tokenizer_class", "prefix", "task_specific_params",
+    "finetuning_task", "attn_implementation", "is_decoder", "add_cross_attention", "tie_encoder_decoder",
+    "cross_attention_hidden_size", "pruned_heads", "torchscript", "use_bfloat16", "tf_legacy_loss",
+}
+
+
+def check_config_keys(config_class: type[PretrainedConfig], extra_kwargs: dict[str, Any]) -> None:
+    """Checks the keyword arguments a config's ``__init__`` did not name (a saved config.json arrives this way too): a
+    config of another model type is an error (its weights would load as random ones with a "MISSING" table), keys no
+    transformers config has warn (a typo would otherwise silently keep the default)."""
+    model_type = extra_kwargs.get("model_type")
+    if model_type is not None and model_type != config_class.model_type:
+        raise ValueError(
+            f"This config is of model_type {model_type!r} but {config_class.__name__} reads {config_class.model_type!r} "
+            "configs: load it with the matching class (e.g. GenSSLViT* for 'genssl_vit', GenSSL* for 'genssl') or "
+            "through the Auto classes."
+        )
+    unknown = sorted(k for k in extra_kwargs if not k.startswith("_") and k not in _COMMON_CONFIG_KEYS)
+    if unknown:
+        warnings.warn(
+            f"{config_class.__name__} does not know the key(s) {unknown}: they are kept as attributes but nothing reads "
+            "them (a typo, or a key of another model's config?).", UserWarning, stacklevel=3)
 
 CONTENT_ATTENTION_MODES = ("causal", "bidirectional")
 
@@ -94,6 +121,7 @@ class GenSSLConfig(PretrainedConfig):
         mask_token_id: int | None = 4,
         **kwargs,
     ):
+        check_config_keys(type(self), kwargs)
         if hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}); "

@@ -11,6 +11,8 @@ from typing import Literal
 
 from transformers import PretrainedConfig
 
+from .configuration_genssl import check_config_keys
+
 __all__ = ["GENSSL_VIT_AUTO_MAP", "GenSSLViTConfig"]
 
 # Written into every saved config so that each Auto class finds its code with trust_remote_code=True in a process
@@ -65,6 +67,7 @@ class GenSSLViTConfig(PretrainedConfig):
         classifier_dropout: float | None = None,
         **kwargs,
     ):
+        check_config_keys(type(self), kwargs)
         if image_size % patch_size != 0:
             raise ValueError(
                 f"image_size ({image_size}) must be divisible by patch_size ({patch_size}); pick a patch_size that "

@@ -14,6 +14,9 @@ derived from ``config.content_attention`` (positions for ``causal``, zeros for `
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +116,32 @@ class GenSSLPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True  # the rule becomes a BlockMask (GroupVisibility.block_mask)
     _supports_attention_backend = True
 
+    def post_init(self) -> None:
+        super().post_init()
+        _register_peft_target_modules()
+
+    def save_pretrained(self, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``, always writing ``use_cache: true``.
+
+        Why: ``Trainer`` sets ``model.config.use_cache = TrainingArguments.use_cache`` (False by default) on the model it
+        trains, so a checkpoint saved after training would generate without its KV cache (4x slower). The cache never
+        changes a prediction, only speed, and training never uses it (``use_cache`` defaults to off in train mode).
+        """
+        use_cache = self.config.use_cache
+        self.config.use_cache = True
+        try:
+            return super().save_pretrained(*args, **kwargs)
+        finally:
+            self.config.use_cache = use_cache
+
+    def _warn_if_head_mismatches(self, expected: str, use_instead: str) -> None:
+        """Wrong head, silent garbage otherwise: e.g. fill-mask on a causal checkpoint."""
+        if self.config.content_attention != expected:
+            warnings.warn(
+                f"{type(self).__name__} expects a checkpoint with content_attention={expected!r} but this one is "
+                f"{self.config.content_attention!r}: its predictions would be meaningless. {use_instead}",
+                UserWarning, stacklevel=3)
+
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, GenSSLModel) and module.query_stream_start is not None:
@@ -159,6 +188,27 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 f"Sequence of {int(positions.max()) + 1} tokens is longer than the model's "
                 f"max_position_embeddings={self.config.max_position_embeddings}; truncate the input "
                 "(e.g. tokenizer(..., truncation=True, max_length=...)) or score it in windows."
+            )
+
+    def _check_inputs(self, reference: torch.Tensor, are_ids: bool, group_ids: torch.Tensor | None) -> None:
+        """Clear errors for inputs that would otherwise fail deep inside (or silently give wrong results)."""
+        if reference.ndim < 2 or reference.shape[0] == 0 or reference.shape[1] == 0:
+            raise ValueError(
+                f"Got an input of shape {tuple(reference.shape)}: the model needs at least one sequence of at least one "
+                "token, shaped (batch, seq). Skip empty batches and empty texts before calling the model."
+            )
+        if are_ids:
+            low, high = int(reference.min()), int(reference.max())
+            if low < 0 or high >= self.config.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"input_ids contains the id {bad}, outside the vocabulary [0, {self.config.vocab_size}) of this "
+                    "model: is the tokenizer the one the model was trained with (len(tokenizer) <= vocab_size)?"
+                )
+        if group_ids is not None and (group_ids.is_floating_point() or group_ids.is_complex()):
+            raise ValueError(
+                f"group_ids must be an integer tensor (an order of the tokens), got {group_ids.dtype}; rounding would "
+                "silently change what each token sees. Build them with torch.long (the data collators do)."
             )
 
     def _positions(self, attention_mask: torch.Tensor, past_length: int) -> torch.Tensor:
@@ -228,6 +278,12 @@ class GenSSLModel(GenSSLPreTrainedModel):
 
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        self._check_inputs(input_ids if input_ids is not None else inputs_embeds, input_ids is not None, group_ids)
+        if output_attentions and self.config._attn_implementation != "eager":
+            warnings.warn(
+                f"output_attentions=True under attn_implementation={self.config._attn_implementation!r} returns no "
+                "attention maps (only eager computes them): load the model with attn_implementation='eager' or call "
+                "model.set_attn_implementation('eager') first.", UserWarning, stacklevel=2)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         batch_size, seq_length = inputs_embeds.shape[:2]
@@ -244,6 +300,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 f"(batch, past + seq) = {(batch_size, past_length + seq_length)}."
             )
         positions = position_ids if position_ids is not None else self._positions(attention_mask, past_length)
+        self._check_positions(positions)
 
         if group_ids is not None and group_ids.shape != (batch_size, seq_length):
             raise ValueError(
@@ -332,6 +389,33 @@ def _check_labels(labels: torch.Tensor | None, reference: torch.Tensor, name: st
         )
 
 
+# LoRA's default target modules for GenSSL (PEFT looks them up by model_type when LoraConfig() names none): the
+# attention projections, as for Llama-style models in PEFT's own table.
+PEFT_TARGET_MODULES = ["q_proj", "v_proj"]
+
+
+@functools.cache
+def _register_peft_target_modules() -> None:
+    """Tell PEFT (when installed) which modules ``LoraConfig()`` targets in a GenSSL model; done when the first model
+    is built, so importing hf_genssl stays free of the PEFT import."""
+    if importlib.util.find_spec("peft") is None:
+        return
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as lora_targets
+
+    for model_type in ("genssl", "genssl_vit"):
+        lora_targets.setdefault(model_type, PEFT_TARGET_MODULES)
+
+
+def _without_contextless_targets(labels: torch.Tensor, group_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Labels of query rows that see no content (group id at or below the smallest real one, e.g. every row when all
+    group ids are equal) set to -100. Such a row has nothing to predict from, and the attention's empty-row fallback
+    points it at the first real key, which can be its own token: a target must never see itself."""
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(group_ids, dtype=torch.bool)
+    ceiling = torch.iinfo(torch.long).max
+    floor = torch.where(real, group_ids.long(), ceiling).amin(1, keepdim=True)
+    return labels.masked_fill(group_ids.long() <= floor, -100)
+
+
 def _num_items(num_items_in_batch: int | torch.Tensor | None, targets: torch.Tensor) -> int | torch.Tensor:
     """What the summed token loss is divided by: ``num_items_in_batch`` (``Trainer`` counts the targets of all
     accumulated micro-batches and DDP ranks) or this batch's targets; at least 1, so a batch without targets has loss
@@ -415,6 +499,8 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
         )
         if group_ids is not None:
             hidden = outputs.query_hidden_state
+            if labels is not None:
+                labels = _without_contextless_targets(labels, group_ids, attention_mask)
         else:  # one-stream (masked) step: the query-stream vector is unused; zero times it keeps DDP's reducer happy
             hidden = outputs.last_hidden_state + 0.0 * self.model.query_stream_start.sum()
 
@@ -449,6 +535,8 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: GenSSLConfig):
         super().__init__(config)
+        self._warn_if_head_mismatches("causal", "Generate from a masked checkpoint with GenSSLForMaskedLM.generate "
+                                      "(iterative unmasking) or fill-mask.")
         self.model = GenSSLModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -532,6 +620,10 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             position_ids = self.model._positions(mask, past_length)
         # The row predicting the token after the last position sits one past it; if the model has no position
         # left there, no next token can be placed anyway, so the clamped row is never a valid prediction.
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0 and labels is None and shift_labels is None:
+            # Decoding reads only the last row(s): a next token past the last position cannot be placed; the same
+            # error as a too-long input (a full forward's clamped last row is never read by a loss or a decoder).
+            self.model._check_positions(position_ids[:, -logits_to_keep:] + 1)
         next_positions = (position_ids + 1).clamp(max=self.config.max_position_embeddings - 1)
         outputs = self.model(
             input_ids,
@@ -579,6 +671,8 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
 
     def __init__(self, config: GenSSLConfig):
         super().__init__(config)
+        self._warn_if_head_mismatches("bidirectional", "A causal checkpoint predicts left to right: use "
+                                      "GenSSLForCausalLM (text-generation) instead.")
         self.model = GenSSLModel(config, add_query_stream=False)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()

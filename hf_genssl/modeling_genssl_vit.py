@@ -31,6 +31,7 @@ except ImportError:  # transformers 4.x
     from torch.nn import init
 
 from .configuration_genssl_vit import GenSSLViTConfig
+from .modeling_genssl import _register_peft_target_modules
 from .two_stream_attention import GroupVisibility, TwoStreamBlock, gather_rows, run_block_stack
 
 __all__ = [
@@ -174,6 +175,10 @@ class GenSSLViTPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False  # arbitrary (2T x T) masks: no flash-attention kernel takes them
     _supports_flex_attn = True  # the rule becomes a BlockMask (GroupVisibility.block_mask)
     _supports_attention_backend = True
+
+    def post_init(self) -> None:
+        super().post_init()
+        _register_peft_target_modules()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

@@ -107,6 +107,8 @@ def build_cases(generator: torch.Generator) -> dict[str, tuple[torch.nn.Module, 
         "genssl semi-AR g=2": (genssl("causal"), lambda: {**sar2_batch, "only_target_logits": True}),
         "genssl AR g=1": (genssl("causal"), lambda: {**sar1_batch, "only_target_logits": True}),
         "genssl masked 15%": (genssl("bidirectional"), lambda: {**masked_batch, "only_target_logits": True}),
+        # what Trainer calls: no extra argument (only_target_logits defaults to on in training mode)
+        "genssl masked 15% plain forward": (genssl("bidirectional"), lambda: masked_batch),
     }, {"semi-AR collator": lambda: sar2(fixed), "masking collator": lambda: masked(fixed)}
 
 

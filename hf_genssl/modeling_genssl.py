@@ -94,9 +94,9 @@ class GenSSLForPreTrainingOutput(ModelOutput):
     Args:
         loss: mean cross-entropy over positions whose label is not -100.
         logits: ``(batch, seq, vocab)``: ``logits[:, i]`` predicts token i (query stream with ``group_ids``,
-            content stream without). With ``only_target_logits=True`` and labels: ``(num_targets, vocab)``, the
-            rows of the target positions in row-major order (``labels != -100``); under ``torch.compile``
-            ``(batch, seq, vocab)`` regardless (static shapes).
+            content stream without). With labels and ``only_target_logits`` (the default in training mode):
+            ``(num_targets, vocab)``, the rows of the target positions in row-major order (``labels != -100``); under
+            ``torch.compile`` ``(batch, seq, vocab)`` regardless (static shapes).
     """
 
     loss: torch.FloatTensor | None = None
@@ -197,7 +197,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 f"Got an input of shape {tuple(reference.shape)}: the model needs at least one sequence of at least one "
                 "token, shaped (batch, seq). Skip empty batches and empty texts before calling the model."
             )
-        if are_ids:
+        if are_ids and not torch.compiler.is_compiling():  # a host sync would break the graph
             low, high = int(reference.min()), int(reference.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
@@ -453,9 +453,11 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
     * without (masked LM with ``[MASK]`` tokens in ``input_ids``): ``logits[:, i]`` is the content stream's
       prediction at i.
 
-    ``only_target_logits=True`` runs the vocabulary projection only where ``labels != -100``. For masked
-    pretraining that is ~15% of positions, and the projection is the largest matmul of a small model, so the
-    training loop uses it; BERT computes it everywhere.
+    ``only_target_logits=True`` runs the vocabulary projection only where ``labels != -100`` (ModernBERT's
+    ``sparse_prediction``, transformers' ``logits_to_keep`` idea). For masked pretraining that is ~15% of positions,
+    and the projection is the largest matmul of a small model, so it is the default in training mode
+    (``only_target_logits=None``): the plain ``forward`` a ``Trainer`` calls is as fast as the package's own loop.
+    In eval mode the default is the full ``(batch, seq, vocab)`` logits; BERT computes them everywhere.
     """
 
     def __init__(self, config: GenSSLConfig):
@@ -470,7 +472,7 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         group_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
-        only_target_logits: bool = False,
+        only_target_logits: bool | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -480,9 +482,11 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
     ) -> GenSSLForPreTrainingOutput | tuple:
         r"""
         Args:
+            only_target_logits: logits only at the targets (see above); default: ``self.training``.
             num_items_in_batch: targets in the whole accumulated batch (``Trainer`` passes it); the loss is the sum
                 of token losses divided by it. Default: this batch's targets.
         """
+        only_target_logits = self.training if only_target_logits is None else only_target_logits
         _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(

@@ -219,3 +219,18 @@ def test_unknown_config_keys_warn(tmp_path):
         warnings.simplefilter("error")
         tiny_config().save_pretrained(tmp_path)
         type(tiny_config()).from_pretrained(tmp_path)
+
+
+def test_plain_training_forward_projects_only_at_targets():
+    """Issue 14: the forward a Trainer calls computes the vocabulary projection at the targets only (training mode)."""
+    torch.manual_seed(0)
+    model = GenSSLForPreTraining(tiny_config(content_attention="bidirectional"))
+    input_ids = torch.tensor([[1, 7, 4, 9, 4, 11]])
+    labels = torch.full_like(input_ids, -100)
+    labels[0, [2, 4]] = torch.tensor([8, 10])
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    train_loss = model.train()(input_ids, labels=labels).loss
+    eval_out = model.eval()(input_ids, labels=labels)
+    assert seen == [(2, 32), (1, 6, 32)]
+    torch.testing.assert_close(train_loss, eval_out.loss)

@@ -261,13 +261,23 @@ def test_bad_decoding_inputs(causal):
         causal.generate(torch.tensor([[1, 5]]), group_size=2, max_new_tokens=100)
     with pytest.raises(ValueError, match="set_seed"):  # transformers' generate has no generator to seed
         causal.generate(torch.tensor([[1, 5]]), max_new_tokens=2, do_sample=True, generator=torch.Generator())
-    masked_config = GenSSLForCausalLM(tiny_config(content_attention="bidirectional"))
+    with pytest.warns(UserWarning, match="content_attention"):  # the wrong-head warning (issue 14, bug 6)
+        masked_config = GenSSLForCausalLM(tiny_config(content_attention="bidirectional"))
     with pytest.raises(ValueError, match="causal"):
         masked_config.generate(torch.tensor([[1, 5]]), group_size=2)
 
 
-def test_group_generate_logs_no_deprecation(causal):
-    """No transformers deprecation message (e.g. the old cache argument name) during group-parallel decoding."""
+@pytest.mark.parametrize(
+    "options",
+    [dict(group_size=2, return_dict_in_generate=True), dict(do_sample=False), dict(num_beams=2),
+     dict(do_sample=False, prompt_lookup_num_tokens=2, return_dict_in_generate=True)],
+    ids=["groups", "greedy", "beam", "assisted"],
+)
+def test_generate_logs_no_deprecation(causal, options):
+    """generate (group-parallel and transformers' own paths) logs no transformers deprecation message, such as
+    the old cache argument name (issue 14, bug 4), and warns no DeprecationWarning."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     records = []
@@ -276,8 +286,10 @@ def test_group_generate_logs_no_deprecation(causal):
     hf_logging.get_logger().warning_once.cache_clear()  # messages logged once per process must show again here
     hf_logging.get_logger("transformers").addHandler(handler)
     try:
-        causal.generate(PROMPT[:1], group_size=2, max_new_tokens=4, eos_token_id=None,
-                        return_dict_in_generate=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            warnings.simplefilter("error", FutureWarning)
+            causal.generate(PROMPT[:1], max_new_tokens=4, eos_token_id=None, **options)
     finally:
         hf_logging.get_logger("transformers").removeHandler(handler)
     assert not [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()]

@@ -69,6 +69,7 @@ def check_outputs(out, inputs, num_sequences, use_cache):
             stacked = rows if layer == LAYERS - 1 else 2 * rows
             assert attention.shape == (batch, HEADS, stacked, keys)
             torch.testing.assert_close(attention.sum(-1), torch.ones_like(attention.sum(-1)))  # probabilities
+        assert len(hidden_states) == LAYERS + 1  # embeddings, then each layer (the last: what the head reads)
         assert all(h.shape == (batch, rows, 32) for h in hidden_states)
     if use_cache:
         assert isinstance(out.cache, DynamicCache) and out.cache.get_seq_length() == prompt + NEW - 1

@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import torch
 
 from hf_genssl import DataCollatorForSemiAutoregressiveLM, GenSSLConfig, GenSSLForPreTraining
-from hf_genssl.two_stream_attention import GroupVisibility, two_stream_attention_forward
+from hf_genssl.models.two_stream_attention import GroupVisibility, two_stream_attention_forward
 
 HEADS, HEAD_DIM = 4, 64
 SMALL = dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,

@@ -20,16 +20,16 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "GenSSLConfig": "configuration_genssl",
-    "GenSSLModel": "modeling_genssl",
-    "GenSSLForPreTraining": "modeling_genssl",
-    "GenSSLForCausalLM": "modeling_genssl",
-    "GenSSLForMaskedLM": "modeling_genssl",
-    "GenSSLForSequenceClassification": "modeling_genssl",
-    "GenSSLViTConfig": "configuration_genssl_vit",
-    "GenSSLViTModel": "modeling_genssl_vit",
-    "GenSSLViTForPreTraining": "modeling_genssl_vit",
-    "GenSSLViTForImageClassification": "modeling_genssl_vit",
+    "GenSSLConfig": "models.configuration_genssl",
+    "GenSSLModel": "models.modeling_genssl",
+    "GenSSLForPreTraining": "models.modeling_genssl",
+    "GenSSLForCausalLM": "models.modeling_genssl",
+    "GenSSLForMaskedLM": "models.modeling_genssl",
+    "GenSSLForSequenceClassification": "models.modeling_genssl",
+    "GenSSLViTConfig": "models.configuration_genssl_vit",
+    "GenSSLViTModel": "models.modeling_genssl_vit",
+    "GenSSLViTForPreTraining": "models.modeling_genssl_vit",
+    "GenSSLViTForImageClassification": "models.modeling_genssl_vit",
     "DataCollatorForSemiAutoregressiveLM": "collators",
     "DataCollatorForVariableLengthMasking": "collators",
     "DataCollatorForSemiAutoregressiveImages": "image_collators",
@@ -58,17 +58,17 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
-    from .configuration_genssl import GenSSLConfig
-    from .configuration_genssl_vit import GenSSLViTConfig
+    from .models.configuration_genssl import GenSSLConfig
+    from .models.configuration_genssl_vit import GenSSLViTConfig
     from .image_collators import DataCollatorForSemiAutoregressiveImages, DataCollatorForVariableLengthImageMasking
-    from .modeling_genssl import (
+    from .models.modeling_genssl import (
         GenSSLForCausalLM,
         GenSSLForMaskedLM,
         GenSSLForPreTraining,
         GenSSLForSequenceClassification,
         GenSSLModel,
     )
-    from .modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
+    from .models.modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
     from .tokenization import train_tokenizer
 
 
@@ -97,16 +97,16 @@ def register_auto_classes() -> None:
         AutoModelForSequenceClassification,
     )
 
-    from .configuration_genssl import GenSSLConfig
-    from .configuration_genssl_vit import GenSSLViTConfig
-    from .modeling_genssl import (
+    from .models.configuration_genssl import GenSSLConfig
+    from .models.configuration_genssl_vit import GenSSLViTConfig
+    from .models.modeling_genssl import (
         GenSSLForCausalLM,
         GenSSLForMaskedLM,
         GenSSLForPreTraining,
         GenSSLForSequenceClassification,
         GenSSLModel,
     )
-    from .modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
+    from .models.modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, GenSSLViTModel
 
     # Language model
     AutoConfig.register("genssl", GenSSLConfig, exist_ok=True)

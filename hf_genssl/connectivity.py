@@ -138,7 +138,7 @@ def classification_features(model, texts: Sequence[str], tokenizer=None, max_len
     """
     from transformers import AutoTokenizer
 
-    from .modeling_genssl import GenSSLForSequenceClassification
+    from .models.modeling_genssl import GenSSLForSequenceClassification
 
     if not isinstance(model, GenSSLForSequenceClassification):
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)

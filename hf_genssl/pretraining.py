@@ -576,8 +576,8 @@ def _resume_log(log_path: Path, step: int) -> list[dict]:
 
 
 def _image_model(cfg: PretrainConfig, objective: Objective):
-    from .configuration_genssl_vit import GenSSLViTConfig
-    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .models.configuration_genssl_vit import GenSSLViTConfig
+    from .models.modeling_genssl_vit import GenSSLViTForPreTraining
 
     return GenSSLViTForPreTraining(GenSSLViTConfig(
         image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.num_channels,
@@ -589,8 +589,8 @@ def _image_model(cfg: PretrainConfig, objective: Objective):
 
 
 def _model(cfg: PretrainConfig, tokenizer, objective: Objective):
-    from .configuration_genssl import GenSSLConfig
-    from .modeling_genssl import GenSSLForPreTraining
+    from .models.configuration_genssl import GenSSLConfig
+    from .models.modeling_genssl import GenSSLForPreTraining
 
     config = GenSSLConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
@@ -610,10 +610,10 @@ def _pretrained_model(cfg: PretrainConfig, tokenizer, objective: Objective):
     the new objective; the embeddings grow when the tokenizer gained special tokens. Our own classes load it,
     so no code from the checkpoint runs.
     """
-    from .configuration_genssl import GenSSLConfig
-    from .configuration_genssl_vit import GenSSLViTConfig
-    from .modeling_genssl import GenSSLForPreTraining
-    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .models.configuration_genssl import GenSSLConfig
+    from .models.configuration_genssl_vit import GenSSLViTConfig
+    from .models.modeling_genssl import GenSSLForPreTraining
+    from .models.modeling_genssl_vit import GenSSLViTForPreTraining
 
     path = cfg.model_name_or_path
     wanted = GenSSLViTConfig if objective.modality == "image" else GenSSLConfig

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 from .stats import Comparison, compare_paired, format_p, format_t, judge, sample_sd
 
 if TYPE_CHECKING:  # the model modules import torch: loaded only when an experiment runs
-    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .models.modeling_genssl_vit import GenSSLViTForPreTraining
 
 __all__ = ["EXPERIMENTS", "Definitions", "Scale", "load_definitions", "run_reproduce", "summarise"]
 
@@ -266,8 +266,8 @@ def _random_init(out: Path, run: _Run, cells: dict[str, dict], cache_dir) -> str
     cell it names (``of``), with weights freshly initialised from the run's seed (nothing pretrained)."""
     import torch
 
-    from .modeling_genssl import GenSSLForPreTraining
-    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .models.modeling_genssl import GenSSLForPreTraining
+    from .models.modeling_genssl_vit import GenSSLViTForPreTraining
 
     source = _pretrain(out, replace(run, cell=run.settings["of"], settings=cells[run.settings["of"]]), cache_dir)
     target = out / "runs" / f"{run.cell}-seed{run.seed}" / "final"
@@ -436,7 +436,7 @@ def _pretrained_vit(out: Path, run: _Run, cache_dir, images: dict) -> _Pretraine
     worse than a constant guess), so the processor saved with the checkpoint decides, not a default here."""
     from transformers import AutoImageProcessor
 
-    from .modeling_genssl_vit import GenSSLViTForPreTraining
+    from .models.modeling_genssl_vit import GenSSLViTForPreTraining
     from .vision_eval import normalize_pixels, pixel_normalization
 
     checkpoint = _pretrain(out, run, cache_dir)
@@ -471,7 +471,7 @@ def run_vision_classification(out: Path, scale: Scale, cache_dir, definitions: D
             source = replace(run, cell=run.settings["of"], settings=definitions.vision_classification_cells[run.settings["of"]])
             _random_init(out, run, definitions.vision_classification_cells, cache_dir)
             vit = _pretrained_vit(out, source, cache_dir, images)  # its pixel scale; weights replaced below
-            from .modeling_genssl_vit import GenSSLViTForPreTraining
+            from .models.modeling_genssl_vit import GenSSLViTForPreTraining
 
             vit.model = GenSSLViTForPreTraining.from_pretrained(out / "runs" / f"{run.cell}-seed{run.seed}" / "final")
         else:

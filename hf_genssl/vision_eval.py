@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, patchify, unpatchify
+from .models.modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, patchify, unpatchify
 
 __all__ = [
     "extract_features",

@@ -10,7 +10,7 @@ import torch
 
 from hf_genssl import GenSSLForPreTraining, GenSSLModel
 from hf_genssl import two_stream_attention as tsa
-from hf_genssl.two_stream_attention import GroupVisibility, two_stream_attention_forward
+from hf_genssl.models.two_stream_attention import GroupVisibility, two_stream_attention_forward
 from tests.conftest import tiny_config
 
 KINDS = ["autoregressive", "semi_autoregressive", "random_cuts", "masked_two_streams", "padded_random_cuts"]

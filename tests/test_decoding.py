@@ -14,7 +14,7 @@ from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from hf_genssl import GenSSLForCausalLM, GenSSLForMaskedLM
-from hf_genssl.decoding import group_parallel_generate, select_tokens
+from hf_genssl.models.decoding import group_parallel_generate, select_tokens
 from tests.conftest import tiny_config
 
 MASK = 4
@@ -82,7 +82,7 @@ def test_group_size_one_equals_ordinary_greedy(causal):
 
 def test_group_size_one_or_none_is_transformers_generate(causal, monkeypatch):
     calls = []
-    monkeypatch.setattr("hf_genssl.modeling_genssl.group_parallel_generate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr("hf_genssl.models.modeling_genssl.group_parallel_generate", lambda *a, **k: calls.append(1))
     for group_size in (None, 1):
         causal.generate(PROMPT[:1], group_size=group_size, num_beams=2, max_new_tokens=3)  # beam search: generate's
     assert calls == []

@@ -11,7 +11,7 @@ from hf_genssl import (
     GenSSLForPreTraining,
     GenSSLModel,
 )
-from hf_genssl.two_stream_attention import visibility_mask
+from hf_genssl.models.two_stream_attention import visibility_mask
 from tests.conftest import tiny_config
 
 
@@ -308,7 +308,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_rope_matches_rotate_half_reference_and_is_relative():
     """apply_rotary (signed-sin, half swap) equals the textbook rotate-half RoPE, and q.k depends only on the offset."""
-    from hf_genssl.two_stream_attention import apply_rotary, rotary_cos_sin
+    from hf_genssl.models.two_stream_attention import apply_rotary, rotary_cos_sin
 
     head_dim, generator = 8, torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, head_dim, generator=generator)
@@ -372,7 +372,7 @@ def test_rope_attention_scores_depend_on_each_rows_own_position():
 @pytest.mark.parametrize("bias", [True, False])
 def test_skinny_linear_equals_the_module(rows, bias):
     """The W @ x.T path for decoding steps computes exactly what nn.Linear computes, for any number of rows."""
-    from hf_genssl.two_stream_attention import linear
+    from hf_genssl.models.two_stream_attention import linear
 
     layer = torch.nn.Linear(32, 48, bias=bias)
     x = torch.randn(1, rows, 32, generator=torch.Generator().manual_seed(rows))

@@ -16,7 +16,7 @@ from hf_genssl import (
     GenSSLViTForPreTraining,
     GenSSLViTModel,
 )
-from hf_genssl.modeling_genssl_vit import patchify, unpatchify
+from hf_genssl.models.modeling_genssl_vit import patchify, unpatchify
 from hf_genssl.vision_eval import (
     fine_tune_eval,
     hide_patches,

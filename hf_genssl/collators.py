@@ -1,7 +1,7 @@
 """Data collators: this is where the objectives live.
 
 A collator decides what is predicted from what by returning tensors; the model applies one visibility
-rule to them (see ``two_stream_attention.py``). Adding an objective means adding a collator here.
+rule to them (see ``models/two_stream_attention.py``). Adding an objective means adding a collator here.
 
 * :class:`DataCollatorForSemiAutoregressiveLM` - ``group_ids`` for (semi-)autoregressive two-stream
   pretraining: consecutive groups, every token of group k predicted in parallel from groups < k.

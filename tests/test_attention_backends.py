@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_genssl import GenSSLForPreTraining, GenSSLModel
-from hf_genssl import two_stream_attention as tsa
+from hf_genssl.models import two_stream_attention as tsa
 from hf_genssl.models.two_stream_attention import GroupVisibility, two_stream_attention_forward
 from tests.conftest import tiny_config
 

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from transformers.dynamic_module_utils import get_imports
 
 MODELS = Path(__file__).resolve().parents[1] / "hf_genssl" / "models"
 REMOTE_CODE = ["configuration_genssl", "configuration_genssl_vit", "modeling_genssl", "modeling_genssl_vit",
@@ -33,19 +34,25 @@ def test_models_folder_is_exactly_the_remote_code_set():
 
 @pytest.mark.parametrize("name", REMOTE_CODE)
 def test_remote_code_imports_only_siblings_torch_and_transformers(name):
-    """transformers copies single-dot sibling imports into a checkpoint; anything else would be missing there."""
-    for level, module in _imports(MODELS / f"{name}.py"):
+    """transformers copies single-dot sibling imports into a checkpoint and, before running remote code, requires
+    every package the file imports outside a try block (``get_imports``): only torch and transformers may be there."""
+    path = MODELS / f"{name}.py"
+    required = set(get_imports(path)) - set(sys.stdlib_module_names)
+    assert required <= {"torch", "transformers"}, f"{name}.py needs {required}"
+    for level, module in _imports(path):
         if level == 0:
-            assert module.split(".")[0] in ALLOWED_TOP_LEVEL, f"{name}.py imports {module}"
+            assert module.split(".")[0] in ALLOWED_TOP_LEVEL | {"peft"}, f"{name}.py imports {module}"
         else:
             assert level == 1 and module in REMOTE_CODE, f"{name}.py imports {'.' * level}{module}"
 
 
 def test_boundary_check_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("import numpy\nfrom ..collators import X\nfrom .modeling_genssl import Y\n")
+    bad.write_text("import numpy\nfrom ..collators import X\nfrom .modeling_genssl import Y\n"
+                   "def f():\n    from peft import LoraConfig\n")
     found = _imports(bad)
     assert (0, "numpy") in found and (2, "collators") in found and (1, "modeling_genssl") in found
+    assert {"numpy", "peft"} <= set(get_imports(bad))
     assert "numpy" not in ALLOWED_TOP_LEVEL
 
 

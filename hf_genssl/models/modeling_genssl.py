@@ -15,7 +15,6 @@ derived from ``config.content_attention`` (positions for ``causal``, zeros for `
 from __future__ import annotations
 
 import functools
-import importlib.util
 import warnings
 from dataclasses import dataclass
 
@@ -398,9 +397,12 @@ PEFT_TARGET_MODULES = ["q_proj", "v_proj"]
 def _register_peft_target_modules() -> None:
     """Tell PEFT (when installed) which modules ``LoraConfig()`` targets in a GenSSL model; done when the first model
     is built, so importing hf_genssl stays free of the PEFT import."""
-    if importlib.util.find_spec("peft") is None:
+    # try/except, not find_spec: transformers' remote-code loader lists every import outside a try block as a
+    # requirement, so a checkpoint loaded with trust_remote_code would demand PEFT.
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as lora_targets
+    except ImportError:
         return
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as lora_targets
 
     for model_type in ("genssl", "genssl_vit"):
         lora_targets.setdefault(model_type, PEFT_TARGET_MODULES)

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from hf_genssl import GenSSLForCausalLM, GenSSLForMaskedLM, GenSSLForPreTraining
@@ -219,6 +219,7 @@ def test_unknown_config_keys_warn(tmp_path):
         warnings.simplefilter("error")
         tiny_config().save_pretrained(tmp_path)
         type(tiny_config()).from_pretrained(tmp_path)
+        AutoConfig.from_pretrained(tmp_path)  # passes name_or_path= to __init__
 
 
 def test_plain_training_forward_projects_only_at_targets():

@@ -22,6 +22,8 @@ _COMMON_CONFIG_KEYS = set(PretrainedConfig().to_dict()) | {
     "pad_token_id", "sep_token_id", "decoder_start_token_id", "tokenizer_class", "prefix", "task_specific_params",
     "finetuning_task", "attn_implementation", "is_decoder", "add_cross_attention", "tie_encoder_decoder",
     "cross_attention_hidden_size", "pruned_heads", "torchscript", "use_bfloat16", "tf_legacy_loss",
+    # what PretrainedConfig.from_dict passes on to __init__ (AutoConfig.from_pretrained sets name_or_path)
+    "name_or_path", "dtype", "output_attentions", "experts_implementation",
 }
 
 

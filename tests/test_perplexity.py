@@ -18,8 +18,9 @@ TEXTS = ["the man said that he would not be there", "she had been there before",
 def naive_causal_nll(model, tokenizer, text):
     """Score each position with its own call: the causal LM's next-token distribution after x_<t."""
     ids = tokenizer(text)["input_ids"]  # BOS + tokens
-    causal = GenSSLForCausalLM(model.config).eval()
-    causal.load_state_dict(model.state_dict())
+    if not masked:  # a masked LM head has no query-stream vector to hand over (and needs none here)
+        causal = GenSSLForCausalLM(model.config).eval()
+        causal.load_state_dict(model.state_dict())
     total = []
     for t in range(1, len(ids)):
         with torch.no_grad():
@@ -126,8 +127,9 @@ def naive_windowed_nll(model, tokenizer, text, window, stride, masked):
     """(prefix length, NLL) of every text token, each scored with its own call on [BOS] + its window's tokens before
     it (a causal model's last row), or on [BOS] + those tokens + [MASK] up to the window's end (read at the token)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    causal = GenSSLForCausalLM(model.config).eval()
-    causal.load_state_dict(model.state_dict())
+    if not masked:  # a masked LM head has no query-stream vector to hand over (and needs none here)
+        causal = GenSSLForCausalLM(model.config).eval()
+        causal.load_state_dict(model.state_dict())
     scored = []
     for i in range(len(ids)):
         begin = first_window_begin(i, window, stride)

@@ -317,7 +317,7 @@ def test_vit_cells_are_evaluated_on_the_pixels_they_were_pretrained_on(tmp_path)
     processor = AutoImageProcessor.from_pretrained(tmp_path / "runs" / f"{cell}-seed0" / "final")
     torch.testing.assert_close(evaluated, processor(test_images, return_tensors="pt")["pixel_values"])
     config = reproduce.pretrain_config(settings, micro, 0, str(tmp_path / "unused"), cache)
-    pretrained_on = torch.stack([e["pixel_values"] for e in _image_data(PretrainConfig(**config))[1][:8]])
+    pretrained_on = torch.stack([e["pixel_values"] for e in _image_data(PretrainConfig(**config)).validation[:8]])
     torch.testing.assert_close(evaluated, pretrained_on)
 
 

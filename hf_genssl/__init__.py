@@ -58,9 +58,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
+    from .image_collators import DataCollatorForSemiAutoregressiveImages, DataCollatorForVariableLengthImageMasking
     from .models.configuration_genssl import GenSSLConfig
     from .models.configuration_genssl_vit import GenSSLViTConfig
-    from .image_collators import DataCollatorForSemiAutoregressiveImages, DataCollatorForVariableLengthImageMasking
     from .models.modeling_genssl import (
         GenSSLForCausalLM,
         GenSSLForMaskedLM,

@@ -18,9 +18,8 @@ TEXTS = ["the man said that he would not be there", "she had been there before",
 def naive_causal_nll(model, tokenizer, text):
     """Score each position with its own call: the causal LM's next-token distribution after x_<t."""
     ids = tokenizer(text)["input_ids"]  # BOS + tokens
-    if not masked:  # a masked LM head has no query-stream vector to hand over (and needs none here)
-        causal = GenSSLForCausalLM(model.config).eval()
-        causal.load_state_dict(model.state_dict())
+    causal = GenSSLForCausalLM(model.config).eval()
+    causal.load_state_dict(model.state_dict())
     total = []
     for t in range(1, len(ids)):
         with torch.no_grad():

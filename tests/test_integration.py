@@ -106,7 +106,8 @@ def test_sampling_runs_and_bidirectional_refuses_cache():
     model = GenSSLForCausalLM(tiny_config()).eval()
     out = model.generate(torch.tensor([[1, 5]]), max_new_tokens=6, do_sample=True, top_k=20, top_p=0.9)
     assert out.shape == (1, 8)
-    masked = GenSSLForCausalLM(tiny_config(content_attention="bidirectional")).eval()
+    with pytest.warns(UserWarning, match="expects a checkpoint with content_attention='causal'"):
+        masked = GenSSLForCausalLM(tiny_config(content_attention="bidirectional")).eval()
     with pytest.raises(ValueError, match="iterative unmasking"):
         masked(torch.tensor([[1, 5]]), use_cache=True)
 

@@ -10,8 +10,8 @@ trained beforehand on the 1x corpus (``tokenizer_name_or_path``), so tokenizer t
 Preprocessing throughput compares our tokenize-and-group ``datasets.map`` with a plain
 ``datasets.map(lambda b: tokenizer(b["text"]), batched=True)``, same tokenizer, same ``num_proc``, no cache.
 
-    python benchmarks/bench_data.py [--scales 1 4 16] [--num-proc 2] [--workdir /tmp/genssl-bench-data] [--json out.json]
-                                    [--throughput-only]
+    python benchmarks/bench_data.py [--scales 1 4 16] [--num-proc 2] [--workdir /tmp/genssl-bench-data]
+                                    [--json out.json] [--throughput-only]
 
 Heavy at 16x (~430 MB of jsonl, ~110 M tokens); nice it on a shared machine.
 """

@@ -94,7 +94,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     speed = time_decoding(args)
-    print(f"greedy decoding, {args.new_tokens} new tokens from a {args.prompt}-token prompt, torch {torch.__version__}, "
+    print(f"greedy decoding, {args.new_tokens} new tokens from a {args.prompt}-token prompt, "
+          f"torch {torch.__version__}, "
           f"{args.threads} threads; median of {args.repeats}")
     print(f"{'model':16s} {'tok/s b=1':>10s} {'tok/s b=16':>11s} {'x g=1 (b=1)':>12s} {'x GPT-2 (b=1)':>14s}")
     for name, values in speed.items():
@@ -103,7 +104,9 @@ def main() -> None:
     ratios = {}
     for batch in (1, 16):
         ratios[f"g=2 / g=1, batch {batch} (target >= 1.8)"] = speed["genssl g=2"][batch] / speed["genssl g=1"][batch]
-        ratios[f"g=1 / GPT-2, batch {batch} (target >= 1.0)"] = speed["genssl g=1"][batch] / speed["gpt2 (cache)"][batch]
+        ratios[f"g=1 / GPT-2, batch {batch} (target >= 1.0)"] = (
+            speed["genssl g=1"][batch] / speed["gpt2 (cache)"][batch]
+        )
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
     result = {"tokens_per_s": speed, "ratios": ratios}

@@ -30,7 +30,9 @@ def distinct_n(sequences: list[list[int]], n: int) -> float:
 def self_perplexity(model, sequences: torch.Tensor, prompt_length: int) -> float:
     """exp(mean NLL) of the tokens after the prompt, each scored from everything before it."""
     group_ids = torch.arange(sequences.shape[1]).expand_as(sequences)
-    hidden = model.model(sequences, group_ids=group_ids, use_cache=False, return_content_stream=False).query_hidden_state
+    hidden = model.model(
+        sequences, group_ids=group_ids, use_cache=False, return_content_stream=False
+    ).query_hidden_state
     logits = model.lm_head(hidden[:, prompt_length:]).float()
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), sequences[:, prompt_length:].flatten())
     return math.exp(nll.item())

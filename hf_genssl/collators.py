@@ -80,7 +80,9 @@ class _TokenBatcher:
     def _ids(self, example: Example) -> list[int]:
         if isinstance(example, Mapping):
             if "input_ids" not in example:
-                raise ValueError(f"Examples must be token id lists or dicts with 'input_ids'; got keys {list(example)}.")
+                raise ValueError(
+                    f"Examples must be token id lists or dicts with 'input_ids'; got keys {list(example)}."
+                )
             example = example["input_ids"]
         ids = example.tolist() if isinstance(example, torch.Tensor) else list(example)
         if not ids or ids[0] != self.bos_token_id:

@@ -6,7 +6,8 @@ import warnings
 from .models import configuration_genssl as _moved
 
 warnings.warn(
-    "hf_genssl.configuration_genssl moved to hf_genssl.models.configuration_genssl; the old import path will be removed in the next release",
+    "hf_genssl.configuration_genssl moved to hf_genssl.models.configuration_genssl; "
+    "the old import path will be removed in the next release",
     FutureWarning,
     stacklevel=2,
 )

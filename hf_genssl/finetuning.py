@@ -68,7 +68,8 @@ def _majority_baseline(train_labels, eval_labels, is_regression: bool) -> float 
 
 
 def run_finetuning(config: FinetuneConfig | dict) -> dict:
-    """Fine-tune, evaluate every epoch, save the model + tokenizer + card, write ``results.json``; return the results."""
+    """Fine-tune, evaluate every epoch, save the model + tokenizer + card, write ``results.json``; return the
+    results."""
     import torch
     from transformers import (
         AutoModelForSequenceClassification,
@@ -166,7 +167,8 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     card = _write_card(final_dir, cfg, info, results)
-    logger.info("fine-tuned %s on %s: %s", cfg.model, cfg.task, {k: v for k, v in final.items() if k.startswith("eval_")})
+    logger.info("fine-tuned %s on %s: %s", cfg.model, cfg.task,
+                {k: v for k, v in final.items() if k.startswith("eval_")})
     if cfg.push_to_hub:
         from hf_genssl.hub import HubPushError, push_checkpoint
 

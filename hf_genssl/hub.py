@@ -66,7 +66,8 @@ def push_checkpoint(
                 folder_path=folder, repo_id=repo_url.repo_id, commit_message=commit_message, revision=revision
             )
         else:
-            files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] not in (".git", ".cache")]
+            files = [p for p in sorted(folder.rglob("*"))
+                     if p.is_file() and p.relative_to(folder).parts[0] not in (".git", ".cache")]
             operations = [CommitOperationAdd(p.relative_to(folder).as_posix(), str(p)) for p in files
                           if p.relative_to(folder).as_posix() != "README.md"]
             operations.append(CommitOperationAdd("README.md", card(repo_url.repo_id).encode("utf-8")))

@@ -120,7 +120,8 @@ class DataCollatorForSemiAutoregressiveImages(_ImageBatcher):
         sizes = [self.group_size] if isinstance(self.group_size, int) else list(self.group_size)
         if not sizes or any((not isinstance(s, int)) or s < 1 for s in sizes):
             raise ValueError(
-                f"group_size must be >= 1 segments (1 = autoregressive, 2 = the paper's setting), got {self.group_size!r}."
+                f"group_size must be >= 1 segments (1 = autoregressive, 2 = the paper's setting), "
+                f"got {self.group_size!r}."
             )
         self._sizes = torch.tensor(sizes, dtype=torch.long)
 

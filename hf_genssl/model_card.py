@@ -242,7 +242,9 @@ def eval_results(fields: Mapping[str, Any], task_type: str) -> list[EvalResult] 
             if isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 
-def _card_data(objective: str, fields: Mapping[str, Any], defaults: Mapping[str, Any], model_name: str) -> ModelCardData:
+def _card_data(
+    objective: str, fields: Mapping[str, Any], defaults: Mapping[str, Any], model_name: str
+) -> ModelCardData:
     tags = ["hf_genssl", objective, *[t for t in fields.get("tags") or () if t not in ("hf_genssl", objective)]]
     pipeline_tag = fields.get("pipeline_tag") or defaults.get("pipeline_tag_by_objective", {}).get(
         objective, defaults["pipeline_tag"])

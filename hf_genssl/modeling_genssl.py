@@ -6,7 +6,8 @@ import warnings
 from .models import modeling_genssl as _moved
 
 warnings.warn(
-    "hf_genssl.modeling_genssl moved to hf_genssl.models.modeling_genssl; the old import path will be removed in the next release",
+    "hf_genssl.modeling_genssl moved to hf_genssl.models.modeling_genssl; "
+    "the old import path will be removed in the next release",
     FutureWarning,
     stacklevel=2,
 )

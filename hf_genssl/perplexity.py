@@ -45,7 +45,8 @@ class PerplexityResult:
 
 
 def windows_for(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """``(begin, end, score_from)`` text-token spans: the window covers ``[begin, end)`` and scores ``[score_from, end)``."""
+    """``(begin, end, score_from)`` text-token spans: the window covers ``[begin, end)`` and scores ``[score_from,
+    end)``."""
     spans, previous_end = [], 0
     for begin in range(0, n_tokens, stride):
         end = min(begin + window, n_tokens)
@@ -99,7 +100,9 @@ def _score_query_stream(backbone, head, rows, targets, batch_size, pad_id, progr
                           return_content_stream=False).query_hidden_state
         for r, positions in enumerate(targets[start : start + batch_size]):
             logits = head(hidden[r, positions]).float()
-            nlls.append(torch.nn.functional.cross_entropy(logits, ids[r, positions].to(logits.device), reduction="none"))
+            nlls.append(
+                torch.nn.functional.cross_entropy(logits, ids[r, positions].to(logits.device), reduction="none")
+            )
     return nlls
 
 

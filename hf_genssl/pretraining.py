@@ -168,11 +168,13 @@ def _check_ratio_range(cfg: PretrainConfig, fixed: bool) -> tuple[float, float]:
     lo, hi = cfg.mask_ratio_range
     if fixed and lo != hi:
         raise ValueError(f"objective {cfg.objective!r} uses one fixed ratio; got mask_ratio_range="
-                         f"{cfg.mask_ratio_range} (use objective '{cfg.objective.replace('masked', 'variable_masked')}' "
+                         f"{cfg.mask_ratio_range} (use objective "
+                         f"'{cfg.objective.replace('masked', 'variable_masked')}' "
                          "for a range).")
     if not fixed and lo == hi:
         raise ValueError(f"objective {cfg.objective!r} draws the mask ratio from a range; got mask_ratio_range="
-                         f"{cfg.mask_ratio_range}: set e.g. [0.15, 0.5] (text) or [0.1, 0.9] (images), or use objective "
+                         f"{cfg.mask_ratio_range}: set e.g. [0.15, 0.5] (text) or [0.1, 0.9] (images), "
+                         "or use objective "
                          f"'{cfg.objective.replace('variable_masked', 'masked')}' for one fixed ratio.")
     return lo, hi
 
@@ -198,7 +200,8 @@ def _image_masked(fixed: bool):
         from .image_collators import DataCollatorForVariableLengthImageMasking
 
         lo, hi = _check_ratio_range(cfg, fixed)
-        return DataCollatorForVariableLengthImageMasking(patch_size=cfg.patch_size, mask_ratio_range=(lo, hi), seed=seed)
+        return DataCollatorForVariableLengthImageMasking(patch_size=cfg.patch_size, mask_ratio_range=(lo, hi),
+                                                         seed=seed)
     return make
 
 
@@ -218,11 +221,14 @@ OBJECTIVES: dict[str, Objective] = {
     "vit_masked": Objective("bidirectional", _image_masked(fixed=True), "masked image modelling, fixed ratio",
                             "masked", "image"),
     "vit_variable_masked": Objective("bidirectional", _image_masked(fixed=False),
-                                     "masked image modelling with a per-image ratio", "variable_length_masked", "image"),
+                                     "masked image modelling with a per-image ratio", "variable_length_masked",
+                                     "image"),
 }
 
 
-def load_config(source: str | Path | dict | PretrainConfig | None = None, overrides: dict | None = None) -> PretrainConfig:
+def load_config(
+    source: str | Path | dict | PretrainConfig | None = None, overrides: dict | None = None
+) -> PretrainConfig:
     """A config from a shipped config's name (``"tiny"``, see :mod:`hf_genssl.configs`), a YAML path, a dict or a
     config; then overrides."""
     import yaml
@@ -247,7 +253,8 @@ def load_config(source: str | Path | dict | PretrainConfig | None = None, overri
     return config
 
 
-# Value rules of load_config: key -> (types, lower bound, bound included, what the value means). bool is not an int here.
+# Value rules of load_config: key -> (types, lower bound, bound included, what the value means).
+# bool is not an int here.
 _POSITIVE_INTS = ("max_steps", "batch_size", "gradient_accumulation_steps", "vocab_size", "seq_len", "hidden_size",
                   "num_hidden_layers", "num_attention_heads", "log_every", "eval_every", "eval_batches", "save_every",
                   "keep_checkpoints", "image_size", "patch_size", "num_channels", "segment_size", "ddp_timeout")
@@ -363,7 +370,9 @@ def _check_image_grid(cfg: PretrainConfig) -> None:
                              "group, which is context only: no patch would be predicted. Use a group_size below "
                              f"{segments}, or a smaller patch_size / segment_size.")
     elif grid * grid < 2:
-        raise ValueError(f"masking needs at least 2 patches per image; patch_size {cfg.patch_size} leaves {grid * grid}.")
+        raise ValueError(
+            f"masking needs at least 2 patches per image; patch_size {cfg.patch_size} leaves {grid * grid}."
+        )
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -455,7 +464,8 @@ def _manifest_problem(folder: Path) -> str | None:
         files = json.loads((folder / MANIFEST).read_text())["sha256"]
     except FileNotFoundError:
         if (folder / "trainer_state.json").is_file():
-            logger.warning("%s has no %s (written by an older hf_genssl); resuming from it unverified", folder, MANIFEST)
+            logger.warning("%s has no %s (written by an older hf_genssl); resuming from it unverified",
+                           folder, MANIFEST)
             return None
         return "it is incomplete (no trainer_state.json, no manifest)"
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -475,7 +485,8 @@ def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """``(step, folder)`` of every ``checkpoint-N`` folder, newest first (``*.tmp`` half-written ones excluded)."""
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
+             if p.is_dir() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
     return sorted(found, reverse=True)
 
 
@@ -761,8 +772,9 @@ def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict 
     else:
         from .data.pretraining_data import load_text_pretraining_data
 
-        data = load_text_pretraining_data(cfg, accelerator, run_dir, resuming=checkpoint is not None,
-                                          validation_examples=cfg.eval_batches * cfg.batch_size * accelerator.num_processes)
+        data = load_text_pretraining_data(
+            cfg, accelerator, run_dir, resuming=checkpoint is not None,
+            validation_examples=cfg.eval_batches * cfg.batch_size * accelerator.num_processes)
         model = _model(cfg, data.processor, objective) if not cfg.model_name_or_path else _pretrained_model(
             cfg, data.processor, objective)
         items_per_example = cfg.seq_len

@@ -15,9 +15,10 @@ Four experiments, each cell run for several seeds, every run written to
    connectivity (kNN accuracy, same-class neighbours on BBC news) is read from the representation it is
    classified with.
 2. *generation* (the paper's Table 8 / Figure 3 / Figure 2): masked models with ratio 0.15, 0.3 and variable
-   ranges, and the AR / semi-AR models for reference, scored by exact prefix perplexity on the corpus validation
-   split (where a range is chosen), on its test split (where the choice is judged) and on out-of-domain text (Rotten Tomatoes review sentences), with the per-prefix-length curves in one
-   plot; the same checkpoints' feature connectivity (top pairwise cosine similarity, :mod:`hf_genssl.connectivity`).
+   ranges, and the AR / semi-AR models for reference, scored by exact prefix perplexity on the corpus validation split
+   (where a range is chosen), on its test split (where the choice is judged) and on out-of-domain text (Rotten Tomatoes
+   review sentences), with the per-prefix-length curves in one plot; the same checkpoints' feature connectivity (top
+   pairwise cosine similarity, :mod:`hf_genssl.connectivity`).
 3. *vision_classification* (the paper's Table 3): the ViT pretrained AR (raster, g = 1) and semi-AR (g = 2) on
    Fashion-MNIST, and the masked / variable ViTs (claim 1), then linear-probe and fine-tune accuracy on held-out
    labels, beside random initialisation, raw pixels and the majority class, with label-aware connectivity.
@@ -345,8 +346,8 @@ def run_classification(out: Path, scale: Scale, cache_dir, definitions: Definiti
             scores = {task: _text_control_scores(control, task, fine_tuning, run.seed, cache_dir)
                       for task in tasks}
         else:
-            checkpoint = (_random_init(out, run, definitions.classification_cells, cache_dir) if control == "random_init"
-                          else _pretrain(out, run, cache_dir))
+            checkpoint = (_random_init(out, run, definitions.classification_cells, cache_dir)
+                          if control == "random_init" else _pretrain(out, run, cache_dir))
             labelled = labelled or _labelled_texts(cache_dir)
             extra["label_connectivity"] = label_connectivity(classification_features(checkpoint, labelled[0]),
                                                              labelled[1], k=10)
@@ -468,7 +469,8 @@ def run_vision_classification(out: Path, scale: Scale, cache_dir, definitions: D
                        label_connectivity=label_connectivity(test_x.flatten(1), test_y, k=10))
             continue
         if control == "random_init":
-            source = replace(run, cell=run.settings["of"], settings=definitions.vision_classification_cells[run.settings["of"]])
+            source = replace(run, cell=run.settings["of"],
+                             settings=definitions.vision_classification_cells[run.settings["of"]])
             _random_init(out, run, definitions.vision_classification_cells, cache_dir)
             vit = _pretrained_vit(out, source, cache_dir, images)  # its pixel scale; weights replaced below
             from .models.modeling_genssl_vit import GenSSLViTForPreTraining
@@ -572,7 +574,8 @@ def _claims_section(judged: list[_Judged], by_experiment: dict[str, dict[str, li
     family = sum(j.spec.verdict for j in judged)
     lines = ["## Claims", "",
              (f"Each claim is a paired t-test (two-sided) on the per-seed differences, seed k shared by the two cells; "
-              f"the p-values of this run's {family} pre-registered claims are Holm-corrected together (pending ones as p = 1), and a claim is **held** only at "
+              f"the p-values of this run's {family} pre-registered claims are Holm-corrected together "
+              "(pending ones as p = 1), and a claim is **held** only at "
               "corrected p < 0.05 with the effect on its side, **not held** at corrected p < 0.05 the other way, "
               "**inconclusive** otherwise, **pending** while a cell lacks a seed or the metric. Effect: mean "
               "per-seed difference, positive = in the claim's favour, with its 95% t interval. Values: mean ± "

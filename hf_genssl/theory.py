@@ -482,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_spectra(rows, out / "theory_spectra.png")
     print(format_table(rows))
     print(
-        f"\n{len(rows)} rows in {time.perf_counter() - t0:.1f} s -> {out / 'theory_spectra.json'}, {out / 'theory_spectra.png'}"
+        f"\n{len(rows)} rows in {time.perf_counter() - t0:.1f} s -> {out / 'theory_spectra.json'}, "
+        f"{out / 'theory_spectra.png'}"
     )
     return 0
 

@@ -16,7 +16,9 @@ from tests.conftest import tiny_config
 KINDS = ["autoregressive", "semi_autoregressive", "random_cuts", "masked_two_streams", "padded_random_cuts"]
 
 
-def group_ids(kind: str, batch: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def group_ids(
+    kind: str, batch: int, length: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Group ids (batch, T) of each objective, and a key padding mask (or None)."""
     order = torch.arange(length).expand(batch, length)
     padding = None
@@ -196,7 +198,8 @@ def test_vit_gives_the_same_prediction_with_every_backend(uncompiled_flex):
     gids = torch.stack([torch.arange(16) // 4, (torch.rand(16) < 0.5).long()])  # semi-AR rows; masked two streams
     with torch.no_grad():
         for only_target_logits in (False, True):
-            outs = {name: m(pixels, group_ids=gids, only_target_logits=only_target_logits) for name, m in models.items()}
+            outs = {name: m(pixels, group_ids=gids, only_target_logits=only_target_logits)
+                    for name, m in models.items()}
             for name in ("sdpa", "flex_attention"):
                 torch.testing.assert_close(outs[name].logits, outs["eager"].logits, atol=1e-5, rtol=1e-4)
 

@@ -25,7 +25,8 @@ def _genssl(*args: str, cwd: Path, importtime: bool = False) -> subprocess.Compl
 
 
 def _imported(importtime_stderr: str) -> set[str]:
-    return {line.rsplit("|", 1)[1].strip() for line in importtime_stderr.splitlines() if line.startswith("import time:")}
+    return {line.rsplit("|", 1)[1].strip() for line in importtime_stderr.splitlines()
+            if line.startswith("import time:")}
 
 
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ("theory", "--help"), ("data", "--help")])

@@ -323,12 +323,14 @@ def test_glue_without_the_hub_names_the_offline_tasks(tmp_path):
 def test_local_csv_without_glue_columns_is_rejected(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,target\nhello,1\nbye,0\n")
-    with pytest.raises(ValueError, match=r"missing the GLUE column\(s\) sentence \(or sentence1 and sentence2\), label"):
+    with pytest.raises(ValueError,
+                       match=r"missing the GLUE column\(s\) sentence \(or sentence1 and sentence2\), label"):
         load_task(str(bad), tmp_path / "cache")
     no_label = tmp_path / "nolabel"
     no_label.mkdir()
     (no_label / "train.csv").write_text("sentence,y\na,1\nb,0\n")
-    with pytest.raises(ValueError, match=r"split 'train' is missing the GLUE column\(s\) label; it has \['sentence', 'y'\]"):
+    with pytest.raises(ValueError,
+                       match=r"split 'train' is missing the GLUE column\(s\) label; it has \['sentence', 'y'\]"):
         load_task(no_label, tmp_path / "cache")
 
 

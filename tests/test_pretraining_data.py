@@ -150,7 +150,8 @@ def test_second_run_reuses_tokenizer_and_preprocessing_caches(tmp_path, monkeypa
     calls = {"tokenize": 0, "train_bpe": 0}
     tokenize = pretraining_data.TokenizeAndGroup.__call__
     monkeypatch.setattr(pretraining_data.TokenizeAndGroup, "__call__",
-                        lambda self, batch: calls.__setitem__("tokenize", calls["tokenize"] + 1) or tokenize(self, batch))
+                        lambda self, batch: calls.__setitem__("tokenize", calls["tokenize"] + 1)
+                        or tokenize(self, batch))
     import hf_genssl.tokenization as tokenization
 
     train_bpe = tokenization.train_tokenizer

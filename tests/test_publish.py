@@ -26,7 +26,8 @@ def trained_checkpoint(path, tokenizer, texts):
         optimizer.zero_grad()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    write_model_card(path, "language_model", {"repo_id": "fake-user/genssl-tiny-cls", "objective": "semi_autoregressive",
+    write_model_card(path, "language_model", {"repo_id": "fake-user/genssl-tiny-cls",
+                                               "objective": "semi_autoregressive",
                                                "results": {"accuracy": 0.5}, "results_data": "8 generated sentences",
                                                "results_hardware": "CPU, test run"})
     return model

@@ -258,7 +258,8 @@ def test_claims_are_holm_corrected_together_and_best_of_is_chosen_on_its_own_met
 def test_resuming_into_a_folder_of_another_scale_is_refused(tmp_path):
     """Finished cells are skipped on resume, so a small-scale JSON must not pass for a default-scale cell."""
     (tmp_path / "classification").mkdir()
-    (tmp_path / "classification" / "ar-seed0.json").write_text(json.dumps({"scale_name": "small", "label_connectivity": {}}))
+    (tmp_path / "classification" / "ar-seed0.json").write_text(
+        json.dumps({"scale_name": "small", "label_connectivity": {}}))
     scale = reproduce.Scale({}, 1, 8, 1, seeds=1, name="default")
     with pytest.raises(ValueError, match="'small'-scale run.*--out results/default"):
         list(reproduce._pending(tmp_path, "classification", {"ar": {"objective": "ar"}}, scale))
@@ -270,7 +271,8 @@ def test_cli_writes_each_scale_to_its_own_folder(monkeypatch):
     from hf_genssl import cli
 
     calls = []
-    monkeypatch.setattr(reproduce, "run_reproduce", lambda out, **kwargs: calls.append(("run", out, kwargs["scale"])) or "")
+    monkeypatch.setattr(reproduce, "run_reproduce",
+                        lambda out, **kwargs: calls.append(("run", out, kwargs["scale"])) or "")
     monkeypatch.setattr(reproduce, "update_readme", lambda readme, out: calls.append(("readme", readme, out)))
     assert cli.main(["reproduce", "--scale", "small", "--readme", "README.md"]) == 0
     assert cli.main(["reproduce", "--quick", "--experiments", "classification"]) == 0

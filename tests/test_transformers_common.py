@@ -64,7 +64,8 @@ class _RegisteredInMappings:
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls._patches = [mock.patch.dict(getattr(modeling_auto, name), entries) for name, entries in MAPPING_ENTRIES.items()]
+        cls._patches = [mock.patch.dict(getattr(modeling_auto, name), entries)
+                        for name, entries in MAPPING_ENTRIES.items()]
         for patch in cls._patches:
             patch.start()
 

@@ -146,7 +146,8 @@ def test_query_stream_does_not_leak(group_size):
 
 
 def test_mpnet_style_masked_two_streams_do_not_leak():
-    """Masked objective as two streams (targets = group 1): a target's own token never reaches any target's prediction."""
+    """Masked objective as two streams (targets = group 1): a target's own token never reaches any target's
+    prediction."""
     torch.manual_seed(0)
     model = GenSSLForPreTraining(tiny_config()).eval()
     collator = DataCollatorForVariableLengthMasking(
@@ -231,9 +232,11 @@ def test_padding_does_not_change_real_tokens(content_attention, two_streams):
             n = int(batch["attention_mask"][b].sum())
             alone = model(batch["input_ids"][b : b + 1, :n],
                           group_ids=batch["group_ids"][b : b + 1, :n] if two_streams else None)
-            torch.testing.assert_close(padded.last_hidden_state[b, :n], alone.last_hidden_state[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(padded.last_hidden_state[b, :n], alone.last_hidden_state[0],
+                                       atol=1e-5, rtol=1e-4)
             if two_streams:
-                torch.testing.assert_close(padded.query_hidden_state[b, :n], alone.query_hidden_state[0], atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(padded.query_hidden_state[b, :n], alone.query_hidden_state[0],
+                                           atol=1e-5, rtol=1e-4)
 
 
 def test_left_padding_matches_unpadded():
@@ -359,7 +362,8 @@ def test_rope_attention_scores_depend_on_each_rows_own_position():
 
         keys = turned(layer.attn.k_proj(content), positions)
         expected = []
-        for rows, see in ((content, gids[0, None, :] <= gids[0, :, None]), (query_rows, gids[0, None, :] < gids[0, :, None])):
+        for rows, see in ((content, gids[0, None, :] <= gids[0, :, None]),
+                          (query_rows, gids[0, None, :] < gids[0, :, None])):
             scores = (turned(layer.attn.q_proj(rows), positions) @ keys.conj().transpose(-1, -2)).real / d**0.5
             expected.append(scores.masked_fill(~see, float("-inf")).softmax(-1))
         expected = torch.cat(expected, dim=1)  # (H, 2T, T)

@@ -127,7 +127,8 @@ def test_masked_predictions_ignore_masked_pixels():
 
 def reference_streams(vit: GenSSLViTModel, pixel_values: torch.Tensor, group_ids: torch.Tensor):
     """The two streams as two separate attention computations per layer (XLNet's way), from the rule in words:
-    CLS is visible to everyone; content patch i sees j iff gid[j] <= gid[i]; query i sees content j iff gid[j] < gid[i]."""
+    CLS is visible to everyone; content patch i sees j iff gid[j] <= gid[i]; query i sees content j iff
+    gid[j] < gid[i]."""
     emb = vit.embeddings
     n = GRID * GRID
     gid = group_ids[0]

@@ -43,7 +43,8 @@ def _describe_task(task: str, cache_dir) -> str:
     sizes = ", ".join(f"{split} {len(part)}" for split, part in data.items())
     if OFFLINE_TASKS[task].is_regression:
         stats = label_distribution(data["train"])
-        labels = f"train label mean {stats['mean']:.2f} sd {stats['std']:.2f} in [{stats['min']:.2f}, {stats['max']:.2f}]"
+        labels = (f"train label mean {stats['mean']:.2f} sd {stats['std']:.2f} "
+                  f"in [{stats['min']:.2f}, {stats['max']:.2f}]")
     else:
         total: dict[str, int] = {}
         for counts in label_distribution(data).values():
@@ -58,7 +59,9 @@ def _describe_images(name: str, cache_dir) -> str:
     return f"images  {name:14s} " + ", ".join(f"{split} {len(part)}" for split, part in data.items())
 
 
-def prepare_artifacts(only: list[str] | None = None, cache_dir: str | None = None) -> list[tuple[str, Callable[[], str]]]:
+def prepare_artifacts(
+    only: list[str] | None = None, cache_dir: str | None = None
+) -> list[tuple[str, Callable[[], str]]]:
     """The (name, job) pairs ``data prepare`` runs; each job returns its one-line report.
 
     ``only`` names sources, tasks, image sets or ``corpus``; a source also selects what is built from it.

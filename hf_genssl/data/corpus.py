@@ -183,7 +183,9 @@ def _held_out_count(n: int, fraction: float) -> int:
     return max(round(n * fraction), 1 if n >= 3 else 0)
 
 
-def split_by_document(documents: Dataset, seed: int, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
+def split_by_document(
+    documents: Dataset, seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, np.ndarray]:
     """Row indices of each split: per source, the documents with the lowest hash go to test, then validation."""
     sources = column(documents, "source")
     keys = _hash_keys(column(documents, "doc_id"), seed)

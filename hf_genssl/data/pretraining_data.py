@@ -242,7 +242,9 @@ def load_text_sources(cfg, streaming: bool = False) -> tuple[Any, Any, str]:
             culprit = _file_without_column(files + validation_files, cfg)
             if culprit is not None:
                 raise culprit from error
-            raise ValueError(f"Could not read {', '.join(files + validation_files)}: {error}".splitlines()[0]) from error
+            raise ValueError(
+                f"Could not read {', '.join(files + validation_files)}: {error}".splitlines()[0]
+            ) from error
         train, validation = splits["train"], splits.get("validation")
         name = ", ".join(_as_list(cfg.train_files))
         files += validation_files
@@ -301,7 +303,8 @@ def add_missing_special_tokens(tokenizer) -> dict[str, str]:
 
 def _tokenizer_key(cfg) -> str:
     settings = {"data": _data_identity(cfg), "text_column": cfg.text_column, "vocab_size": cfg.vocab_size,
-                "model_max_length": cfg.seq_len, "streaming_chars": STREAMING_TOKENIZER_CHARS if cfg.streaming else None}
+                "model_max_length": cfg.seq_len,
+                "streaming_chars": STREAMING_TOKENIZER_CHARS if cfg.streaming else None}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -294,8 +294,8 @@ def _run_client(source: Source, dest: Path) -> Path:
     command = _client_command(source, dest)
     logger.info("downloading %s: %s", source.name, " ".join(command))
     try:
-        done = subprocess.run(command, cwd=dest, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(command, cwd=dest, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S,
+                              check=False, stdin=subprocess.DEVNULL)
     except FileNotFoundError as error:
         raise OSError(f"{command[0]} not found") from error
     except subprocess.TimeoutExpired as error:

@@ -407,7 +407,9 @@ def check_labels(data: Dataset, split: str, where: str, num_labels: int | None =
         rule = "regression targets must be finite numbers"
     else:
         labels = labels.astype(np.int64)
-        bad = np.flatnonzero((labels < 0) | (labels >= (num_labels if num_labels is not None else np.iinfo(np.int64).max)))
+        bad = np.flatnonzero(
+            (labels < 0) | (labels >= (num_labels if num_labels is not None else np.iinfo(np.int64).max))
+        )
         rule = f"class labels must be in [0, {num_labels})" if num_labels is not None else "class labels must be >= 0"
     if len(bad):
         row = int(bad[0])

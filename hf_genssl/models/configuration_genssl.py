@@ -34,14 +34,16 @@ def check_config_keys(config_class: type[PretrainedConfig], extra_kwargs: dict[s
     model_type = extra_kwargs.get("model_type")
     if model_type is not None and model_type != config_class.model_type:
         raise ValueError(
-            f"This config is of model_type {model_type!r} but {config_class.__name__} reads {config_class.model_type!r} "
+            f"This config is of model_type {model_type!r} but {config_class.__name__} reads "
+            f"{config_class.model_type!r} "
             "configs: load it with the matching class (e.g. GenSSLViT* for 'genssl_vit', GenSSL* for 'genssl') or "
             "through the Auto classes."
         )
     unknown = sorted(k for k in extra_kwargs if not k.startswith("_") and k not in _COMMON_CONFIG_KEYS)
     if unknown:
         warnings.warn(
-            f"{config_class.__name__} does not know the key(s) {unknown}: they are kept as attributes but nothing reads "
+            f"{config_class.__name__} does not know the key(s) {unknown}: they are kept as attributes "
+            "but nothing reads "
             "them (a typo, or a key of another model's config?).", UserWarning, stacklevel=3)
 
 CONTENT_ATTENTION_MODES = ("causal", "bidirectional")

@@ -122,8 +122,8 @@ class GenSSLPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, *args, **kwargs):
         """``PreTrainedModel.save_pretrained``, always writing ``use_cache: true``.
 
-        Why: ``Trainer`` sets ``model.config.use_cache = TrainingArguments.use_cache`` (False by default) on the model it
-        trains, so a checkpoint saved after training would generate without its KV cache (4x slower). The cache never
+        Why: ``Trainer`` sets ``model.config.use_cache = TrainingArguments.use_cache`` (False by default) on the model
+        it trains, so a checkpoint saved after training would generate without its KV cache (4x slower). The cache never
         changes a prediction, only speed, and training never uses it (``use_cache`` defaults to off in train mode).
         """
         use_cache = self.config.use_cache
@@ -193,7 +193,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         """Clear errors for inputs that would otherwise fail deep inside (or silently give wrong results)."""
         if reference.ndim < 2 or reference.shape[0] == 0 or reference.shape[1] == 0:
             raise ValueError(
-                f"Got an input of shape {tuple(reference.shape)}: the model needs at least one sequence of at least one "
+                f"Got an input of shape {tuple(reference.shape)}: the model needs at least one sequence "
+                "of at least one "
                 "token, shaped (batch, seq). Skip empty batches and empty texts before calling the model."
             )
         if are_ids and not torch.compiler.is_compiling():  # a host sync would break the graph
@@ -217,7 +218,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         return positions
 
     def _rope_table(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE ``cos``/``sin`` for every position, computed once per device and dtype (decoding calls forward per token)."""
+        """RoPE ``cos``/``sin`` for every position, computed once per device and dtype (decoding calls forward per
+        token)."""
         key = (device, dtype)
         if getattr(self, "_rope_cache_key", None) != key:
             positions = torch.arange(self.config.max_position_embeddings, device=device)[None]
@@ -326,7 +328,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         row_limits = torch.cat([content_gids + 1, query_group_ids], dim=1) if two_streams else content_gids + 1
         mask = GroupVisibility(row_limits, key_gids, attention_mask)  # the rule as group ids; no (rows x keys) mask
         if not output_attentions and mask.sees_everything():
-            mask = None  # every row sees every key (decoding steps, unpadded masked LM): SDPA's unmasked kernel is faster
+            # every row sees every key (decoding steps, unpadded masked LM): SDPA's unmasked kernel is faster
+            mask = None
 
         # Positions: learned absolute embeddings added to both streams, or RoPE applied inside attention to every
         # row (content and query rows by their own positions) and to the content keys.
@@ -342,7 +345,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         else:
             content_embeds = inputs_embeds + self.embed_positions(positions)
             if two_streams:
-                query_embeds = self.query_stream_start.to(inputs_embeds.dtype) + self.embed_positions(query_position_ids)
+                query_embeds = (self.query_stream_start.to(inputs_embeds.dtype)
+                                + self.embed_positions(query_position_ids))
         hidden_states = self.dropout(content_embeds)
         if two_streams:
             hidden_states = torch.cat([hidden_states, self.dropout(query_embeds)], dim=1)
@@ -432,7 +436,9 @@ def _num_items(num_items_in_batch: int | torch.Tensor | None, targets: torch.Ten
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None):
     """Cross-entropy of ``logits`` ``(..., vocab)`` against aligned ``targets`` (-100 ignored), summed and divided by
     :func:`_num_items`: transformers' ``ForMaskedLMLoss`` with the count always given (so no NaN without targets)."""
-    return ForMaskedLMLoss(logits, targets, logits.shape[-1], num_items_in_batch=_num_items(num_items_in_batch, targets))
+    return ForMaskedLMLoss(
+        logits, targets, logits.shape[-1], num_items_in_batch=_num_items(num_items_in_batch, targets)
+    )
 
 
 class _LMHeadMixin:
@@ -697,7 +703,9 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
         ``top_p``; keyword arguments override it. Prompts must not be padded (an all-ones ``attention_mask`` is fine).
         """
         if attention_mask is not None and not bool((attention_mask == 1).all()):
-            raise ValueError("Iterative unmasking takes unpadded prompts: generate one prompt (or one length) at a time.")
+            raise ValueError(
+                "Iterative unmasking takes unpadded prompts: generate one prompt (or one length) at a time."
+            )
         if generation_config is not None:
             for name in ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p"):
                 if getattr(generation_config, name, None) is not None:

@@ -150,7 +150,9 @@ class GenSSLViTEmbeddings(nn.Module):
         patches = self.patch_embeddings(pixel_values.to(self.patch_embeddings.weight.dtype)).flatten(2).transpose(1, 2)
         if bool_masked_pos is not None:
             if self.mask_token is None:
-                raise ValueError("This head was built without a mask token; bool_masked_pos needs GenSSLViTForPreTraining.")
+                raise ValueError(
+                    "This head was built without a mask token; bool_masked_pos needs GenSSLViTForPreTraining."
+                )
             patches = torch.where(bool_masked_pos[..., None].bool(), self.mask_token.to(patches.dtype), patches)
         cls = self.cls_token.to(patches.dtype).expand(patches.shape[0], 1, -1)
         return self.dropout(torch.cat([cls, patches], dim=1) + self.position_embeddings)
@@ -383,7 +385,8 @@ class GenSSLViTForPreTraining(GenSSLViTPreTrainedModel):
         self.post_init()
 
     def target_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Per-patch regression targets ``(batch, num_patches, p*p*C)`` (normalised per patch with ``norm_pix_loss``)."""
+        """Per-patch regression targets ``(batch, num_patches, p*p*C)`` (normalised per patch with
+        ``norm_pix_loss``)."""
         target = patchify(pixel_values, self.config.patch_size)
         if self.config.norm_pix_loss:
             mean = target.mean(dim=-1, keepdim=True)

@@ -182,7 +182,9 @@ class GroupVisibility:
             any_visible = key_min[:, None, :] < row_max[:, :, None]
             empty_in_block = nn.functional.pad(self.empty_rows, (0, n_row_blocks * block_size - rows))
             empty_in_block = empty_in_block.view(batch, n_row_blocks, block_size).any(-1)
-            first_block = torch.arange(n_key_blocks, device=full.device)[None, :] == (self.first_key // block_size)[:, None]
+            first_block = (
+                torch.arange(n_key_blocks, device=full.device)[None, :] == (self.first_key // block_size)[:, None]
+            )
             any_visible = any_visible | (empty_in_block[:, :, None] & first_block[:, None, :])
             partial = any_visible & ~full
 
@@ -214,7 +216,8 @@ def visibility_mask(
 
 
 def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0, dtype=torch.float32):
-    """RoPE angles for integer ``positions`` ``(batch, n)``: ``cos`` and a *signed* ``sin``, each ``(batch, n, head_dim)``.
+    """RoPE angles for integer ``positions`` ``(batch, n)``: ``cos`` and a *signed* ``sin``, each ``(batch, n,
+    head_dim)``.
 
     The rotate-half convention of Llama/GPT-NeoX is ``x * cos + rotate_half(x) * sin`` with
     ``rotate_half(x) = (-x2, x1)``. The sign is folded into the returned ``sin`` (``(-sin, +sin)`` over the two
@@ -227,7 +230,8 @@ def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``x`` ``(batch, heads, n, head_dim)`` with tables from :func:`rotary_cos_sin` ``(batch, 1, n, head_dim)``."""
+    """RoPE on ``x`` ``(batch, heads, n, head_dim)`` with tables from :func:`rotary_cos_sin` ``(batch, 1, n,
+    head_dim)``."""
     swapped_halves = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # (x2, x1); the signs live in signed_sin
     return x * cos + swapped_halves * signed_sin
 
@@ -475,8 +479,8 @@ class TwoStreamBlock(GradientCheckpointingLayer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns the updated rows (all rows, or only the query-stream rows when ``content_queries=False``).
 
-        ``rotary``: RoPE ``(cos, signed_sin)`` ``(batch, 1, rows, head_dim)`` for every row ``[content; query]`` (the first
-        ``n_content`` are also the keys'), from :func:`rotary_cos_sin`.
+        ``rotary``: RoPE ``(cos, signed_sin)`` ``(batch, 1, rows, head_dim)`` for every row ``[content; query]`` (the
+        first ``n_content`` are also the keys'), from :func:`rotary_cos_sin`.
         """
         attn_out, weights = self.attn(
             self.ln_1(hidden_states),

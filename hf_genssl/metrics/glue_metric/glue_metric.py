@@ -104,7 +104,8 @@ class GlueMetric(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
         if self.config_name not in METRIC_FAMILY:
             raise KeyError(
-                f"Unknown config name {self.config_name!r} for the GLUE metric; expected one of {sorted(METRIC_FAMILY)}."
+                f"Unknown config name {self.config_name!r} for the GLUE metric; "
+                f"expected one of {sorted(METRIC_FAMILY)}."
             )
         # Regression scores are floats; every other family compares integer class labels.
         dtype = "float32" if METRIC_FAMILY[self.config_name] == "pearson_spearman" else "int64"

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
+from .data.sources import sha256_file
 
 __all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "parse_overrides", "run_pretraining"]
 
@@ -441,17 +442,9 @@ class CheckpointError(ValueError):
     """A run folder holds checkpoints that cannot be resumed (none intact), or a run where a fresh one was asked."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
     """sha256 of every file in ``folder`` (written last: a folder with a manifest was completely written)."""
-    files = {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
              and p.name != MANIFEST}
     (folder / MANIFEST).write_text(json.dumps({"sha256": files}, indent=1))
 
@@ -476,7 +469,7 @@ def _manifest_problem(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} does not match its sha256 in the manifest (corrupted)"
     return None
 

@@ -124,11 +124,22 @@ def register_auto_classes() -> None:
 
 def _started_as_the_genssl_command() -> bool:
     """Whether this process is the ``genssl`` console script or ``python -m hf_genssl.cli``: then
-    :func:`hf_genssl.cli.main` registers the models for the commands that need them."""
+    :func:`hf_genssl.cli.main` registers the models for the commands that need them.
+
+    The console script is recognised by its content (pip's wrapper imports ``hf_genssl.cli``), not by its name
+    alone, so a user's own ``genssl.py`` that imports the package still gets the models registered. Anything
+    unrecognised registers: the cost of a wrong guess is a slower start, never a missing registration.
+    """
     argv = list(getattr(sys, "orig_argv", ()))
     if "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "hf_genssl.cli":
         return True
-    return bool(sys.argv) and Path(sys.argv[0]).stem == "genssl"
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is None or script.stem != "genssl":
+        return False
+    try:
+        return b"from hf_genssl.cli import main" in script.read_bytes()[:4096]
+    except OSError:
+        return False
 
 
 if not _started_as_the_genssl_command():

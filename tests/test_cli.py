@@ -59,6 +59,40 @@ def test_importing_the_package_still_registers_the_models():
     assert result.stdout.strip() == "GenSSLModel", result.stderr[-2000:]
 
 
+PIP_CONSOLE_SCRIPT = """import sys
+from hf_genssl.cli import main
+if __name__ == '__main__':
+    sys.argv[0] = sys.argv[0].removesuffix('.exe')
+    sys.exit(main())
+"""
+
+
+def test_the_installed_console_script_starts_without_torch(tmp_path):
+    """The `genssl` wrapper pip writes (content as pip 25 writes it) is recognised, so `--help` stays fast."""
+    script = tmp_path / "bin" / "genssl"
+    script.parent.mkdir()
+    script.write_text(PIP_CONSOLE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-X", "importtime", str(script), "--help"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage: genssl" in result.stdout
+    assert not {"torch", "transformers"} & _imported(result.stderr)
+
+
+def test_a_users_own_script_named_genssl_still_gets_the_models_registered(tmp_path):
+    """Only pip's wrapper skips registration at import: a user's `genssl.py` that imports the package must find the
+    Auto classes ready (the check once went by the script's name alone)."""
+    script = tmp_path / "genssl.py"
+    script.write_text("import hf_genssl, transformers\n"
+                      "c = transformers.AutoConfig.for_model('genssl', hidden_size=32, num_attention_heads=4)\n"
+                      "print(type(transformers.AutoModel.from_config(c)).__name__)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=300)
+    assert result.stdout.strip() == "GenSSLModel", result.stderr[-2000:]
+
+
 def test_every_pretraining_field_is_a_flag_and_only_given_flags_override_the_config(monkeypatch):
     from hf_genssl.pretraining import PretrainConfig, load_config
 

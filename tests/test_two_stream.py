@@ -376,10 +376,26 @@ def test_rope_attention_scores_depend_on_each_rows_own_position():
 @pytest.mark.parametrize("bias", [True, False])
 def test_skinny_linear_equals_the_module(rows, bias):
     """The W @ x.T path for decoding steps computes exactly what nn.Linear computes, for any number of rows."""
-    from hf_genssl.models.two_stream_attention import linear
+    from hf_genssl.models.two_stream_attention import skinny_linear
 
     layer = torch.nn.Linear(32, 48, bias=bias)
     x = torch.randn(1, rows, 32, generator=torch.Generator().manual_seed(rows))
-    out = linear(layer, x)
+    out = skinny_linear(layer, x)
     assert out.shape == (1, rows, 48) and out.is_contiguous()
     torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_feed_forward_renamed_with_its_checkpoint_keys_unchanged():
+    """``TwoStreamMLP`` is ``GenSSLMLP`` now; the old name still resolves (FutureWarning) and a block's state-dict keys,
+    which checkpoints store, are the ones they always were (module attribute names, not class names, make them)."""
+    from hf_genssl.models import two_stream_attention
+
+    with pytest.warns(FutureWarning, match="GenSSLMLP"):
+        assert two_stream_attention.TwoStreamMLP is two_stream_attention.GenSSLMLP
+    block = two_stream_attention.TwoStreamBlock(tiny_config(), 0)
+    assert sorted(block.state_dict()) == sorted(
+        f"{module}.{kind}"
+        for module in ("ln_1", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "ln_2", "mlp.fc_in",
+                       "mlp.fc_out")
+        for kind in ("weight", "bias")
+    )

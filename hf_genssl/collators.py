@@ -21,9 +21,40 @@ from typing import Any
 
 import torch
 
-__all__ = ["DataCollatorForSemiAutoregressiveLM", "DataCollatorForVariableLengthMasking", "draw_mask_ratios"]
+__all__ = [
+    "DataCollatorForSemiAutoregressiveLM",
+    "DataCollatorForVariableLengthMasking",
+    "consecutive_groups",
+    "draw_mask_ratios",
+    "group_sizes_tensor",
+    "random_positions",
+    "random_ranks",
+    "right_pad",
+    "seeded_generator",
+]
 
 Example = Sequence[int] | torch.Tensor | Mapping[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Draws shared by the text collators, the image collators (image_collators.py) and the evaluation code that
+# masks the same way (vision_eval.hide_patches, perplexity). One place, so that "exactly k random positions"
+# or "groups of sizes drawn from a set" mean the same thing for text and images.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU ``torch.Generator`` of a collator's own, seeded with ``seed`` (from OS entropy when ``None``).
+
+    Why its own: a collator's draws (group sizes, cut points, masks) then neither depend on nor disturb the global
+    RNG that dropout and initialisation use, and pretraining can re-seed it per batch (``_BatchSeededCollator``).
+    """
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
 
 
 def draw_mask_ratios(
@@ -41,6 +72,84 @@ def draw_mask_ratios(
     else:
         u = torch.rand(batch_size, generator=generator)
     return lo + (hi - lo) * u
+
+
+def random_ranks(
+    batch_size: int, length: int, generator: torch.Generator, allowed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(batch, length)`` long: each position's place (0 first) in a uniformly random order of its row.
+
+    Each row is an independent random permutation of ``0 .. length - 1``. With ``allowed`` (bool, same shape), the
+    allowed positions take the first places, in random order, and the others come after them.
+    """
+    scores = torch.rand(batch_size, length, generator=generator)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, 2.0)  # above every uniform draw: placed last
+    return scores.argsort(1).argsort(1)
+
+
+def random_positions(
+    counts: torch.Tensor | int,
+    batch_size: int,
+    length: int,
+    generator: torch.Generator,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(batch, length)`` bool with exactly ``counts[b]`` (or ``counts``, the same for every row) ``True`` per row.
+
+    The positions are a uniformly random subset of the row (of its ``allowed`` positions when given; a count must
+    not exceed them). Vectorised: rank random scores per row and keep the first ``counts``; no loop over rows.
+    """
+    counts = torch.as_tensor(counts)
+    ranks = random_ranks(batch_size, length, generator, allowed)
+    return ranks < (counts[:, None] if counts.ndim else counts)
+
+
+def group_sizes_tensor(group_size: int | Sequence[int], unit: str = "") -> torch.Tensor:
+    """``group_size`` (one int, or ints to draw each group's size from) as a long tensor, checked.
+
+    ``unit`` names what a group counts in error messages (``" segments"`` for images).
+    """
+    sizes = [group_size] if isinstance(group_size, int) else list(group_size)
+    if not sizes or any((not isinstance(s, int)) or s < 1 for s in sizes):
+        raise ValueError(
+            f"group_size must be >= 1{unit} (1 = autoregressive, 2 = the paper's setting), got {group_size!r}."
+        )
+    return torch.tensor(sizes, dtype=torch.long)
+
+
+def consecutive_groups(sizes: torch.Tensor, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``(batch, length)`` long: places ``0 .. length - 1`` cut into consecutive groups numbered 0, 1, 2, ...
+
+    With one size every group has it (the last may be shorter); with several, each group's size is drawn uniformly
+    from ``sizes``, independently per group and per row. Shared by the text collator (places = tokens after BOS)
+    and the image collator (places = segments in their visiting order).
+    """
+    if len(sizes) == 1:
+        return (torch.arange(length) // int(sizes[0])).expand(batch_size, length)
+    # group k ends (exclusive) at cumsum(sizes)[k]; one drawn size per place is always enough groups
+    draws = torch.randint(len(sizes), (batch_size, length), generator=generator)
+    ends = sizes[draws].cumsum(1)
+    places = torch.arange(length).expand(batch_size, length).contiguous()
+    return torch.searchsorted(ends, places, right=True)
+
+
+def right_pad(
+    sequences: Sequence[torch.Tensor], pad_id: int, pad_to_multiple_of: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads 1-D long tensors to the longest one: ``(input_ids, attention_mask)``, both ``(batch, length)`` long.
+
+    The length is rounded up to a multiple of ``pad_to_multiple_of`` when given. Shared by the collators and
+    prefix perplexity (``perplexity.py``), which batch token rows the same way.
+    """
+    lengths = torch.tensor([len(s) for s in sequences])
+    length = int(lengths.max())
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention_mask = torch.arange(length)[None, :] < lengths[:, None]
+    input_ids[attention_mask] = torch.cat(list(sequences))
+    return input_ids, attention_mask.long()
 
 
 @dataclass
@@ -71,11 +180,7 @@ class _TokenBatcher:
             raise ValueError(f"Only return_tensors='pt' is supported, got {self.return_tensors!r}.")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 (BOS plus one token), got {self.max_length}.")
-        self._generator = torch.Generator()
-        if self.seed is not None:
-            self._generator.manual_seed(self.seed)
-        else:
-            self._generator.seed()
+        self._generator = seeded_generator(self.seed)
 
     def _ids(self, example: Example) -> list[int]:
         if isinstance(example, Mapping):
@@ -96,14 +201,7 @@ class _TokenBatcher:
         if len(examples) == 0:
             raise ValueError("Cannot collate an empty batch.")
         sequences = [torch.tensor(self._ids(e), dtype=torch.long) for e in examples]
-        lengths = torch.tensor([len(s) for s in sequences])
-        length = int(lengths.max())
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(sequences), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.arange(length)[None, :] < lengths[:, None]
-        input_ids[attention_mask] = torch.cat(sequences)
-        return input_ids, attention_mask.long()
+        return right_pad(sequences, self.pad_token_id, self.pad_to_multiple_of)
 
 
 @dataclass
@@ -142,12 +240,7 @@ class DataCollatorForSemiAutoregressiveLM(_TokenBatcher):
                 raise ValueError(f"cut_probability must be in (0, 1], got {self.cut_probability}.")
             self._sizes = None
         else:
-            sizes = [self.group_size] if isinstance(self.group_size, int) else list(self.group_size)
-            if not sizes or any((not isinstance(s, int)) or s < 1 for s in sizes):
-                raise ValueError(
-                    f"group_size must be >= 1 (1 = autoregressive, 2 = the paper's setting), got {self.group_size!r}."
-                )
-            self._sizes = torch.tensor(sizes, dtype=torch.long)
+            self._sizes = group_sizes_tensor(self.group_size)
 
     def group_ids_for(self, batch_size: int, length: int) -> torch.Tensor:
         """Group ids ``(batch, length)``: 0 for the BOS at position 0, then consecutive groups 1, 2, ..."""
@@ -157,12 +250,8 @@ class DataCollatorForSemiAutoregressiveLM(_TokenBatcher):
         if self._sizes is None:  # random cut points between consecutive tokens
             cuts = torch.rand(batch_size, n - 1, generator=self._generator) < self.cut_probability
             after_bos = 1 + torch.cat([torch.zeros(batch_size, 1, dtype=torch.long), cuts.long().cumsum(1)], dim=1)
-        elif len(self._sizes) == 1:
-            after_bos = (torch.arange(n) // int(self._sizes[0]) + 1).expand(batch_size, n)
-        else:  # each group's size drawn from the set: group k ends at cumsum(sizes)[k]
-            draws = torch.randint(len(self._sizes), (batch_size, n), generator=self._generator)
-            ends = self._sizes[draws].cumsum(1)
-            after_bos = 1 + torch.searchsorted(ends, torch.arange(n).expand(batch_size, n).contiguous(), right=True)
+        else:
+            after_bos = 1 + consecutive_groups(self._sizes, batch_size, n, self._generator)
         return torch.cat([torch.zeros(batch_size, 1, dtype=torch.long), after_bos], dim=1)
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
@@ -249,10 +338,7 @@ class DataCollatorForVariableLengthMasking(_TokenBatcher):
         ratios = self.draw_ratios(batch_size)
         n_targets = (ratios * n_maskable).round().long().clamp(min=1)
         n_targets = torch.minimum(n_targets, n_maskable)
-        # Exactly n_targets per row: rank random scores, maskable tokens first.
-        scores = torch.rand(batch_size, length, generator=self._generator).masked_fill(~maskable, 2.0)
-        ranks = scores.argsort(1).argsort(1)
-        targets = ranks < n_targets[:, None]
+        targets = random_positions(n_targets, batch_size, length, self._generator, allowed=maskable)
 
         labels = input_ids.masked_fill(~targets, -100)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

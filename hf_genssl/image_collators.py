@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from .collators import draw_mask_ratios
+from .collators import (
+    consecutive_groups,
+    draw_mask_ratios,
+    group_sizes_tensor,
+    random_positions,
+    random_ranks,
+    seeded_generator,
+)
 
 __all__ = ["DataCollatorForSemiAutoregressiveImages", "DataCollatorForVariableLengthImageMasking"]
 
@@ -42,11 +49,7 @@ class _ImageBatcher:
             )
         if self.return_tensors != "pt":
             raise ValueError(f"Only return_tensors='pt' is supported, got {self.return_tensors!r}.")
-        self._generator = torch.Generator()
-        if self.seed is not None:
-            self._generator.manual_seed(self.seed)
-        else:
-            self._generator.seed()
+        self._generator = seeded_generator(self.seed)
 
     def _pixel_values(self, examples: Sequence[Any]) -> torch.Tensor:
         if len(examples) == 0:
@@ -117,13 +120,7 @@ class DataCollatorForSemiAutoregressiveImages(_ImageBatcher):
             raise ValueError(
                 f"segment_size must be a positive int (patches per segment side), got {self.segment_size!r}."
             )
-        sizes = [self.group_size] if isinstance(self.group_size, int) else list(self.group_size)
-        if not sizes or any((not isinstance(s, int)) or s < 1 for s in sizes):
-            raise ValueError(
-                f"group_size must be >= 1 segments (1 = autoregressive, 2 = the paper's setting), "
-                f"got {self.group_size!r}."
-            )
-        self._sizes = torch.tensor(sizes, dtype=torch.long)
+        self._sizes = group_sizes_tensor(self.group_size, unit=" segments")
 
     def segment_of_patch(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """``(grid_h * grid_w,)``: the raster index of the segment holding each patch (raster order)."""
@@ -143,16 +140,10 @@ class DataCollatorForSemiAutoregressiveImages(_ImageBatcher):
         segment = self.segment_of_patch(grid_h, grid_w)
         n_segments = int(segment.max()) + 1
         if self.order == "random":  # rank[b, k] = place of segment k in image b's order
-            rank = torch.rand(batch_size, n_segments, generator=self._generator).argsort(1).argsort(1)
+            rank = random_ranks(batch_size, n_segments, self._generator)
         else:
             rank = torch.arange(n_segments).expand(batch_size, n_segments)
-        if len(self._sizes) == 1:
-            group_of_place = (torch.arange(n_segments) // int(self._sizes[0])).expand(batch_size, n_segments)
-        else:  # each group's size drawn from the set: group k ends (exclusive) at cumsum(sizes)[k]
-            draws = torch.randint(len(self._sizes), (batch_size, n_segments), generator=self._generator)
-            ends = self._sizes[draws].cumsum(1)
-            places = torch.arange(n_segments).expand(batch_size, n_segments).contiguous()
-            group_of_place = torch.searchsorted(ends, places, right=True)
+        group_of_place = consecutive_groups(self._sizes, batch_size, n_segments, self._generator)
         segment_group = group_of_place.gather(1, rank)
         return segment_group[:, segment]
 
@@ -207,8 +198,7 @@ class DataCollatorForVariableLengthImageMasking(_ImageBatcher):
         if num_patches < 2:
             raise ValueError("Masking needs at least 2 patches per image; use a smaller patch_size.")
         n_masked = (self.draw_ratios(batch_size) * num_patches).round().long().clamp(1, num_patches - 1)
-        ranks = torch.rand(batch_size, num_patches, generator=self._generator).argsort(1).argsort(1)
-        return ranks < n_masked[:, None]
+        return random_positions(n_masked, batch_size, num_patches, self._generator)
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
         pixel_values = self._pixel_values(examples)

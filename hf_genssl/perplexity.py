@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .collators import right_pad
+
 __all__ = ["PerplexityResult", "load_model_and_tokenizer", "prefix_perplexity", "plot_prefix_curves", "windows_for"]
 
 
@@ -80,20 +82,12 @@ def _load(model, tokenizer, trust_remote_code: bool = False):
     return model, tokenizer
 
 
-def _pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(r) for r in rows])
-    ids = torch.full((len(rows), int(lengths.max())), pad_id, dtype=torch.long)
-    mask = torch.arange(ids.shape[1])[None] < lengths[:, None]
-    ids[mask] = torch.cat(rows)
-    return ids, mask.long()
-
-
 @torch.no_grad()
 def _score_query_stream(backbone, head, rows, targets, batch_size, pad_id, progress):
     """NLL of every target position, one two-stream pass per batch of windows (one token per group)."""
     nlls = []
     for start in tqdm(range(0, len(rows), batch_size), desc="prefix perplexity", disable=not progress):
-        ids, mask = _pad(rows[start : start + batch_size], pad_id)
+        ids, mask = right_pad(rows[start : start + batch_size], pad_id)
         group_ids = torch.arange(ids.shape[1]).expand_as(ids)
         hidden = backbone(ids.to(backbone.device), attention_mask=mask.to(backbone.device),
                           group_ids=group_ids.to(backbone.device), use_cache=False,
@@ -118,7 +112,7 @@ def _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad_id, ma
     read_at, answers = torch.cat(read_at), torch.cat(answers)
     nlls = []
     for start in tqdm(range(0, len(inputs), batch_size), desc="prefix perplexity (masked)", disable=not progress):
-        ids, mask = _pad(inputs[start : start + batch_size], pad_id)
+        ids, mask = right_pad(inputs[start : start + batch_size], pad_id)
         hidden = backbone(ids.to(backbone.device), attention_mask=mask.to(backbone.device),
                           use_cache=False).last_hidden_state
         rows_here = torch.arange(ids.shape[0])

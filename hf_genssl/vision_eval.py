@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .collators import random_positions, seeded_generator
 from .models.modeling_genssl_vit import GenSSLViTForImageClassification, GenSSLViTForPreTraining, patchify, unpatchify
 
 __all__ = [
@@ -54,10 +55,8 @@ def hide_patches(batch_size: int, num_patches: int, ratio: float = 0.25, seed: i
     """``(batch, num_patches)`` bool: exactly ``max(1, round(ratio * n))`` random hidden patches per image."""
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must be in (0, 1), got {ratio}.")
-    generator = torch.Generator().manual_seed(seed)
     n_hidden = min(max(1, round(ratio * num_patches)), num_patches - 1)
-    ranks = torch.rand(batch_size, num_patches, generator=generator).argsort(1).argsort(1)
-    return ranks < n_hidden
+    return random_positions(n_hidden, batch_size, num_patches, seeded_generator(seed))
 
 
 def _resolve_mode(model: GenSSLViTForPreTraining, mode: str) -> str:

@@ -8,6 +8,14 @@ import pytest
 import torch
 
 from hf_genssl import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
+from hf_genssl.collators import (
+    consecutive_groups,
+    group_sizes_tensor,
+    random_positions,
+    random_ranks,
+    right_pad,
+    seeded_generator,
+)
 
 
 def sequences(n: int, lo: int, hi: int, seed: int = 0) -> list[list[int]]:
@@ -186,3 +194,73 @@ class TestVariableLengthMasking:
         batch = collator([tokenizer(t)["input_ids"] for t in texts[:8]])
         assert (batch["input_ids"][:, 0] == tokenizer.bos_token_id).all()
         assert (batch["input_ids"] == tokenizer.mask_token_id).any()
+
+
+class TestSharedDraws:
+    """The draws the text and image collators (and ``vision_eval.hide_patches``, ``perplexity``) share, each checked
+    against a plain-Python computation or exact counting over many rows."""
+
+    def test_random_positions_exact_counts_only_allowed_and_uniform(self):
+        batch, length = 4000, 6
+        allowed = torch.ones(batch, length, dtype=torch.bool)
+        allowed[:, [0, 4]] = False  # e.g. BOS and a special token: never chosen
+        counts = torch.tensor([1, 2, 3, 4]).repeat(batch // 4)
+        chosen = random_positions(counts, batch, length, torch.Generator().manual_seed(0), allowed=allowed)
+        assert chosen.dtype == torch.bool
+        assert torch.equal(chosen.sum(1), counts)
+        assert not (chosen & ~allowed).any()
+        # Uniform among the 4 allowed positions: each is chosen with probability k / 4 in rows of count k.
+        for k in (1, 2, 3):
+            frequency = chosen[counts == k][:, [1, 2, 3, 5]].float().mean(0)
+            assert torch.allclose(frequency, torch.full((4,), k / 4), atol=0.05), (k, frequency)
+        # Every subset of a given size turns up (not only one fixed pattern): 6 subsets of 2 out of 4.
+        subsets = {tuple(row.nonzero().flatten().tolist()) for row in chosen[counts == 2]}
+        assert len(subsets) == math.comb(4, 2)
+
+    def test_random_positions_with_one_count_for_all_rows(self):
+        chosen = random_positions(3, 50, 7, torch.Generator().manual_seed(1))
+        assert chosen.sum(1).tolist() == [3] * 50
+
+    def test_random_ranks_are_permutations_with_allowed_positions_first(self):
+        allowed = torch.tensor([[True, False, True, True, False]] * 200)
+        ranks = random_ranks(200, 5, torch.Generator().manual_seed(0), allowed)
+        for row in ranks.tolist():
+            assert sorted(row) == [0, 1, 2, 3, 4]
+            assert sorted(row[i] for i in (0, 2, 3)) == [0, 1, 2]  # the allowed ones take the first places
+        assert len({tuple(row) for row in ranks[:, [0, 2, 3]].tolist()}) == 6  # all 3! orders occur
+
+    def test_consecutive_groups_of_one_size(self):
+        groups = consecutive_groups(torch.tensor([3]), 2, 8, torch.Generator())
+        assert groups.tolist() == [[0, 0, 0, 1, 1, 1, 2, 2]] * 2
+
+    def test_consecutive_groups_with_sizes_drawn_from_a_set(self):
+        groups = consecutive_groups(torch.tensor([1, 3]), 500, 40, torch.Generator().manual_seed(0))
+        sizes = []
+        for row in groups.tolist():  # consecutive ids 0, 1, 2, ... with a size per group, counted by hand
+            assert row[0] == 0 and all(b - a in (0, 1) for a, b in zip(row, row[1:], strict=False))
+            counted = [row.count(g) for g in range(row[-1] + 1)]
+            sizes.extend(counted[:-1])  # the last group may be cut short by the end of the row
+        assert set(sizes) == {1, 3}
+        assert 0.45 < sizes.count(1) / len(sizes) < 0.55  # each size drawn with probability 1/2
+
+    @pytest.mark.parametrize("bad", [0, -2, [1, 0], [], [1.5]])
+    def test_group_sizes_tensor_rejects_bad_sizes(self, bad):
+        with pytest.raises(ValueError, match="group_size must be >= 1 segments"):
+            group_sizes_tensor(bad, unit=" segments")
+
+    def test_right_pad_by_hand(self):
+        rows = [torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 10])]
+        ids, mask = right_pad(rows, pad_id=0)
+        assert ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 10, 0]]
+        assert mask.dtype == torch.long and mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+        ids, mask = right_pad(rows, pad_id=-1, pad_to_multiple_of=4)
+        assert ids.tolist() == [[5, 6, 7, -1], [8, -1, -1, -1], [9, 10, -1, -1]]
+        assert mask.sum(1).tolist() == [3, 1, 2]
+
+    def test_seeded_generator(self):
+        assert torch.equal(torch.rand(5, generator=seeded_generator(3)), torch.rand(5, generator=seeded_generator(3)))
+        # Unseeded: two generators draw differently (from OS entropy), and the global RNG is left alone.
+        state = torch.random.get_rng_state()
+        assert not torch.equal(torch.rand(5, generator=seeded_generator(None)),
+                               torch.rand(5, generator=seeded_generator(None)))
+        assert torch.equal(torch.random.get_rng_state(), state)

@@ -208,7 +208,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(summarise(Path(out), args.quick))
     else:
         print(run_reproduce(out, scale=args.scale, quick=args.quick, experiments=tuple(args.experiments),
-                            cache_dir=args.cache_dir, glue=args.glue))
+                            cache_dir=args.cache_dir, glue=args.glue, cells=tuple(args.cells or ())))
     if args.readme:
         update_readme(args.readme, out)
     return 0
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="default", choices=["small", "default", "gpu"],
                    help="small: ~25 min on 2 CPU cores; default: ~5 hours (resumable); gpu: one large GPU")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
+    p.add_argument("--cells", nargs="+", metavar="CELL",
+                   help="run only these cells and controls (names as in reproduce.yaml, e.g. ar bag_of_words); "
+                        "RESULTS.md still reports every cell found")
     p.add_argument("--cache-dir")
     p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block")
     p.add_argument("--glue", action="store_true", help="also fine-tune on real GLUE (needs the Hub; use a fresh --out)")

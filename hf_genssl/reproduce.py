@@ -818,6 +818,11 @@ def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: boo
     name = _scale_name(scale, quick)
     if name not in definitions.scales:
         raise ValueError(f"Unknown scale {scale!r}; choose from {list(definitions.scales)}.")
+    known = {**definitions.all_cells(), **definitions.classification_controls,
+             **definitions.vision_classification_controls}
+    if unknown := sorted(set(cells) - set(known)):
+        raise ValueError(f"Unknown cells {unknown}; the cells and controls of the experiment definitions are "
+                         f"{sorted(known)}.")
     chosen = replace(definitions.scales[name], name=name, only=tuple(cells))
     out = Path(out_dir or default_out(name))
     out.mkdir(parents=True, exist_ok=True)

@@ -281,6 +281,31 @@ def test_cli_writes_each_scale_to_its_own_folder(monkeypatch):
                      ("run", "results/quick", "default"), ("run", "elsewhere", "default")]
 
 
+def test_cells_flag_runs_only_the_named_cells_and_refuses_unknown_ones(tmp_path, monkeypatch, capsys):
+    """`genssl reproduce --cells ar bag_of_words` reaches the runner as the only pending cells (every seed); a
+    misspelt cell is a one-line error before anything runs or any folder is written."""
+    from hf_genssl import cli
+
+    pending = []
+
+    def runner(out, scale, cache_dir, definitions, **options):
+        cells = {**definitions.classification_cells, **definitions.classification_controls}
+        pending.extend((run.cell, run.seed) for run in reproduce._pending(out, "classification", cells, scale))
+
+    for experiment in reproduce.EXPERIMENTS:  # nothing real runs, even when the checks below are broken
+        monkeypatch.setitem(reproduce.RUNNERS, experiment, runner)
+    out = tmp_path / "out"
+    assert cli.main(["reproduce", "--scale", "small", "--experiments", "classification", "--out", str(out),
+                     "--cells", "bag_of_words", "ar"]) == 0
+    seeds = reproduce.load_definitions().scales["small"].seeds
+    assert sorted(pending) == sorted((cell, seed) for cell in ("ar", "bag_of_words") for seed in range(seeds))
+    with pytest.raises(ValueError, match=r"Unknown cells \['nope'\].*'bag_of_words'"):
+        reproduce.run_reproduce(str(tmp_path / "never"), scale="small", cells=("ar", "nope"))
+    assert not (tmp_path / "never").exists()
+    assert cli.main(["reproduce", "--scale", "small", "--out", str(tmp_path / "never"), "--cells", "nope"]) == 2
+    assert "Unknown cells ['nope']" in capsys.readouterr().err
+
+
 def test_report_only_rewrites_results_md_from_the_json_files_and_runs_nothing(tmp_path, monkeypatch, capsys):
     from hf_genssl import cli
 

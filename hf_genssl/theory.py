@@ -2,76 +2,17 @@
 
 The paper ("Look Ahead or Look Around?", Zhang et al., ICML 2024) views a generative SSL objective as a
 matrix factorisation of the co-occurrence matrix ``A[context, target]`` and ties linear-probe accuracy to
-its normalised spectrum.  This module builds that matrix *exactly* (by enumeration, no sampling) for a
-small synthetic language and compares the objectives.
+its normalised spectrum. This module builds that matrix *exactly* (by enumeration, no sampling) for a small
+synthetic language (``K`` classes with disjoint vocabularies of ``m`` tokens, sequences of length ``n``) and
+compares the objectives ``"ar"``, ``"semi_ar"`` (group size ``g``), ``"masked"`` (a fixed count of masked
+positions) and ``"masked_bernoulli"`` on ``sigma_{K+1}``, the first singular value after the ``K`` class
+directions of the normalised matrix ``D_c^{-1/2} A D_t^{-1/2}``.
 
-Data model
-----------
-``K`` classes; class ``k`` owns the tokens ``k*m, ..., k*m + m - 1`` (disjoint vocabularies, ``V = K*m``).
-A sequence of length ``n`` draws its class uniformly, then ``n`` tokens i.i.d. uniformly from its class's
-tokens.  Positions are 0-based.
-
-Objectives (which (context, target) pairs a sequence produces)
---------------------------------------------------------------
-A *context* is the visible part of the sequence, a tuple of ``(position, token)`` pairs sorted by
-position (the empty tuple is the empty context).  A *target* is one ``(position, token)`` pair.
-
-* ``"ar"`` (= ``"semi_ar"`` with ``g=1``): for every position ``t``, context = tokens ``< t``.
-* ``"semi_ar"`` with group size ``g``: positions are cut into consecutive groups ``[0, g), [g, 2g), ...``
-  (the last one may be shorter); every token of group ``k`` is a target whose context is all tokens of
-  groups ``< k`` (the paper's diversity-enhanced AR objective).
-* ``"masked"`` with ratio ``r``: exactly ``M = clip(floor(r*n + 1/2), 1, n)`` positions are masked, every
-  one of the ``C(n, M)`` masks equally likely (BERT/MAE style fixed ratio; ``r*n`` rounded half up, and
-  at least one target so that short sequences still produce a pair).  Context = the unmasked tokens,
-  targets = every masked token.  ``r = 1`` masks everything: the context is empty for every sequence.
-* ``"masked_bernoulli"`` with ratio ``r``: every position is masked independently with probability ``r``,
-  conditioned on the mask being non-empty (the empty mask produces no target).
-
-Weights: every sequence carries its probability, and pairs are weighted as in a loss averaged over all
-targets of a large batch: a pair (mask ``S``, target ``j in S``) gets ``P(S) / E|S|`` (for AR / semi-AR
-and the fixed-count mask that is ``1/n`` resp. ``1/(C(n,M) M)`` per pair).  So ``A`` is the joint probability of
-(context, target) and ``A.sum() == 1``; its row sums are the context marginals ``D_c`` and its column
-sums the target marginals ``D_t``.  The normalised matrix is ``D_c^{-1/2} A D_t^{-1/2}`` (spectral
-contrastive learning / augmentation graph), whose top singular value is always 1.
-
-Which quantity is compared, and why
------------------------------------
-In the spectral-contrastive analysis the paper builds on (HaoChen et al., 2021), the top ``K`` singular
-vectors of the normalised co-occurrence matrix span the cluster (class) indicators and the linear-probe
-error bound grows as ``sigma_{K+1}`` (the first singular value *after* the ``K`` class directions)
-approaches 1: ``sigma_{K+1}`` small means every class is internally well connected.  That is the quantity
-behind the paper's "masked SSL fosters more inter-sample connections than AR", and the one we compare:
-``sigma_{K+1}`` (reported as ``sigma_K1``).
-
-What the exact model gives (all checked by the tests; derivations in ``masked_sigma_closed_form``):
-
-* Because the vocabularies are disjoint, classes are only ever linked through the *empty* context.
-  ``sigma_2 .. sigma_K`` (the "class" singular values) are therefore exactly 1 for AR, semi-AR and the
-  fixed-count masked objective with ``M < n`` (classes never share a context or a target), and exactly 0
-  for ``M = n`` (every context is empty; the matrix has rank 1).  They do NOT order AR vs masked; they
-  only move below 1 for ``masked_bernoulli``, whose all-masked (empty-context) event links classes and
-  becomes likelier as ``r`` grows.
-* Given the class, the target token is independent of the context, so only the *position structure*
-  matters (``m`` only adds zero singular values).  AR predicts position ``t`` only from contexts of
-  length ``t-1``: the context-target graph splits into ``1 + (n-1) K`` components, each of rank one, so
-  the AR spectrum is ``1`` repeated ``1 + (n-1) K`` times and zeros.  Semi-AR with ``G = ceil(n/g)`` groups:
-  ``1`` repeated ``1 + (G-1) K`` times.  Hence ``sigma_{K+1} = 1`` for AR and for semi-AR (when ``G >= 2``).
-* Fixed-count masked: per class the non-zero spectrum is ``1`` once and
-  ``sqrt((n - M) / (M (n - 1)))`` with multiplicity ``n - 1``.  So
-  ``sigma_{K+1}(masked) = sqrt((n-M)/(M(n-1))) <= 1 = sigma_{K+1}(AR)`` (equality at ``M = 1``), and it is
-  non-increasing in ``r`` (strictly decreasing in ``M``).  That is the paper's ordering.
-* Semi-AR (g=2) sits *between* AR and masked only in the number of unit singular values (connected
-  components): AR ``1+(n-1)K`` > semi-AR ``1+(G-1)K`` > masked ``K`` (``2 <= M < n``); on
-  ``sigma_{K+1}`` it ties with AR.  With ``M = 1`` the masked objective has ``nK`` components, *more* than
-  AR.  And for every ``M < n`` (``K >= 2``) the masked matrix has rank ``nK > 1+(n-1)K``, so index-wise
-  domination ``sigma_i(masked) <= sigma_i(AR)`` fails at the tail indices ``1+(n-1)K < i <= nK`` (AR is
-  already 0 there): "all singular values smaller" is false; only ``sigma_{K+1}`` (and every index up to
-  ``1+(n-1)K``) orders as the paper says.  Those are reported, not hidden.
-* ``masked_bernoulli``: every ``r in (0, 1)`` mixes mask sizes, so each class is connected
-  (``sigma_{K+1} < 1`` even where the fixed count would give ``M = 1``) and ``sigma_{K+1}`` decreases
-  strictly and smoothly in ``r``; the all-masked event links the classes, so the class values
-  ``sigma_2 .. sigma_K`` fall below 1 too and also shrink as ``r`` grows (``r = 1``: rank one).
-* ``r*n`` rounding: with ``n = 4``, ``r = 0.9`` already masks all 4 positions (degenerate, rank one).
+What it shows: ``sigma_{K+1}`` is exactly 1 for AR and semi-AR (two groups or more) and
+``sqrt((n - M) / (M (n - 1))) <= 1`` for ``M`` masked positions, the paper's ordering; but semi-AR only ties AR,
+and "every singular value of the masked matrix is smaller" fails in the tail. The data model, the pair weights,
+why ``sigma_{K+1}`` is the quantity compared, and the derivations are in ``docs/theory.md`` (in the repository);
+``tests/test_theory.py`` checks them.
 """
 
 from __future__ import annotations

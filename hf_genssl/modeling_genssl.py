@@ -1,14 +1,5 @@
 """Deprecated alias: this module moved to :mod:`hf_genssl.models.modeling_genssl` (kept for one release)."""
 
-import sys
-import warnings
+from ._moved import alias_moved_module
 
-from .models import modeling_genssl as _moved
-
-warnings.warn(
-    "hf_genssl.modeling_genssl moved to hf_genssl.models.modeling_genssl; "
-    "the old import path will be removed in the next release",
-    FutureWarning,
-    stacklevel=2,
-)
-sys.modules[__name__] = _moved
+alias_moved_module(__name__)

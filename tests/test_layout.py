@@ -65,3 +65,14 @@ def test_old_import_paths_still_work_with_a_future_warning(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         importlib.import_module(f"hf_genssl.models.{name}")
+
+
+@pytest.mark.parametrize("name", REMOTE_CODE)
+def test_old_import_path_warning_points_at_the_users_import(name):
+    """The FutureWarning names the user's line that imports the old path, not the alias module (the six aliases
+    share ``hf_genssl._moved.alias_moved_module``, whose stacklevel decides this)."""
+    sys.modules.pop(f"hf_genssl.{name}", None)
+    code = compile(f"import hf_genssl.{name}\n", "users_script.py", "exec")
+    with pytest.warns(FutureWarning, match=f"hf_genssl.{name} moved to hf_genssl.models.{name}") as record:
+        exec(code, {})  # noqa: S102 - an import statement in a file of the user's
+    assert [w.filename for w in record if issubclass(w.category, FutureWarning)] == ["users_script.py"]

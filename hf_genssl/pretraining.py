@@ -662,8 +662,8 @@ def _validation_loss(model, accelerator, blocks, cfg, tokenizer, objective) -> f
 
 
 def _bf16_available() -> bool:
-    """bf16 runs natively here: a GPU that supports it, or a CPU with AVX512-BF16 / AMX (1.8-2.1x faster steps than
-    fp32 on the `small` config, losses equal to 1e-4 after 10 steps, measured for issue 17)."""
+    """bf16 runs natively here: a GPU that supports it, or a CPU with AVX512-BF16 / AMX (where it is faster than
+    fp32 at the same loss: README "Speed", ``python benchmarks/bench_scale.py --sections precision``)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:

@@ -647,7 +647,10 @@ def _pretrained_model(cfg: PretrainConfig, tokenizer, objective: Objective):
 
 @torch.no_grad()
 def _validation_loss(model, accelerator, blocks, cfg, tokenizer, objective) -> float:
-    """Mean loss over the first ``eval_batches`` validation batches, with a fixed collator seed (comparable runs)."""
+    """Mean loss over the first ``eval_batches`` validation batches, with a fixed collator seed (comparable runs).
+
+    Every process takes part in the gather, also one whose share of a small validation set is empty (it counts 0
+    batches): returning early there left the others waiting in the collective forever."""
     collator = objective.make_collator(cfg, tokenizer, 1234)
     model.eval()
     losses = []
@@ -656,9 +659,12 @@ def _validation_loss(model, accelerator, blocks, cfg, tokenizer, objective) -> f
         batch = {k: v.to(accelerator.device) for k, v in collator(per_process[i : i + cfg.batch_size]).items()}
         losses.append(model(**batch, only_target_logits=True).loss)
     model.train()
-    if not losses:
-        return float("nan")
-    return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+    # (this process's mean loss, 1) or (0, 0): the mean over the processes that evaluated something
+    own = torch.zeros(2, device=accelerator.device)
+    if losses:
+        own[0], own[1] = torch.stack(losses).mean().float(), 1.0
+    means, evaluated = accelerator.gather(own[None]).unbind(-1)
+    return (means.sum() / evaluated.sum()).item() if evaluated.sum() else float("nan")
 
 
 def _bf16_available() -> bool:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from hf_genssl.data.pretraining_data import (
 from hf_genssl.pretraining import load_config, run_pretraining
 from tests.conftest import make_texts
 
+REPO = Path(__file__).resolve().parents[1]
 TEXTS = make_texts(120, seed=5)
 TINY = dict(
     vocab_size=400, seq_len=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, batch_size=8,
@@ -269,3 +273,78 @@ def test_a_folder_saved_with_save_to_disk_works_as_dataset_name(tmp_path):
     train, validation, name = load_text_sources(cfg_for(tmp_path, dataset_name=str(tmp_path / "saved"),
                                                         text_column="body"))
     assert list(train["body"]) == TEXTS[:100] and list(validation["body"]) == TEXTS[100:]
+
+
+# Runs under `accelerate launch`: every process records the blocks its loader hands the collator, with the pass
+# over its share of the stream they belong to (StreamingBatches.epoch), then writes them to seen-<rank>.json.
+_RECORDING_LAUNCH = r"""
+import json, sys
+from pathlib import Path
+from hf_genssl.data import pretraining_data
+from hf_genssl.pretraining import run_pretraining
+
+seen = []
+init = pretraining_data.StreamingBatches.__init__
+
+def recording_init(self, blocks, batch_size, collate_fn, accelerator):
+    def collate(examples):
+        seen.append([self.epoch, [list(example["input_ids"]) for example in examples]])
+        return collate_fn(examples)
+    init(self, blocks, batch_size, collate, accelerator)
+
+pretraining_data.StreamingBatches.__init__ = recording_init
+config = json.loads(sys.argv[1])
+result = run_pretraining(config)
+from accelerate import PartialState
+state = PartialState()
+Path(config["output_dir"], f"seen-{state.process_index}.json").write_text(json.dumps(
+    {"world": state.num_processes, "steps": result["steps"], "batches": seen}))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_streaming_run_gives_each_rank_disjoint_blocks_that_cover_the_corpus(tmp_path):
+    """A real `accelerate launch` of 2 CPU processes (gloo) streaming one file of numbered lines: in their first pass,
+    the two ranks' training blocks are disjoint and, interleaved (one file = one shard: each rank keeps every other
+    block of the packed stream), decode to exactly the training lines in file order; with the validation lines
+    (held out by the hash rule) that is the whole corpus."""
+    from transformers import AutoTokenizer
+
+    lines = [f"line {i:03d}" for i in range(150)]
+    corpus = write(tmp_path / "numbered.txt", lines)
+    run = tmp_path / "run"
+    # batch_size 1: drop_last drops no block; 40 steps is more than a rank's share (~17 blocks), so both start a
+    # second pass and their first one is complete
+    config = {**TINY, "train_files": str(corpus), "streaming": True, "objective": "ar", "batch_size": 1,
+              "max_steps": 40, "log_every": 40, "eval_batches": 1, "cache_dir": str(tmp_path / "cache"),
+              "output_dir": str(run)}
+    script = tmp_path / "launch.py"
+    script.write_text(_RECORDING_LAUNCH)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--main_process_port", str(_free_port()), str(script), json.dumps(config)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    ranks = [json.loads((run / f"seen-{rank}.json").read_text()) for rank in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [40, 40]
+    first_pass = [[block for epoch, batch in r["batches"] if epoch == 0 for block in batch] for r in ranks]
+    assert all(any(epoch == 1 for epoch, _ in r["batches"]) for r in ranks)  # the first pass ended
+    assert first_pass[0] and first_pass[1] and abs(len(first_pass[0]) - len(first_pass[1])) <= 1
+    assert not {tuple(b) for b in first_pass[0]} & {tuple(b) for b in first_pass[1]}
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    interleaved = [b for pair in itertools.zip_longest(*first_pass) for b in pair if b is not None]
+    train_lines = _documents_of([{"input_ids": b} for b in interleaved], tokenizer)
+    held = [line for line in lines if held_out(line)]
+    assert held and train_lines == [line for line in lines if not held_out(line)]
+    assert sorted(train_lines + held) == lines
+

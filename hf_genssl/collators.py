@@ -11,6 +11,10 @@ rule to them (see ``models/two_stream_attention.py``). Adding an objective means
   two streams (unmasked = group 0, masked = group 1, MPNet style) instead of ``[MASK]`` replacement.
 
 Both are vectorised in torch (no Python loop over tokens), accept any sequence length, and are seeded.
+
+The draws they share with the image collators (``image_collators.py``) and the evaluation code are the
+functions at the top: :func:`seeded_generator`, :func:`draw_mask_ratios`, :func:`random_positions` (exactly k
+random positions per row), :func:`consecutive_groups` with :func:`group_sizes_tensor`, and :func:`right_pad`.
 """
 
 from __future__ import annotations

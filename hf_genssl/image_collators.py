@@ -10,7 +10,9 @@ Examples are dicts with ``pixel_values`` (a ``(C, H, W)`` tensor or array, e.g. 
 or a ``datasets`` column with ``set_format("torch")``), or bare ``(C, H, W)`` tensors; with ``image_processor``
 set, dicts may instead hold a PIL ``image``, which is processed batch-wise. Other keys (e.g. ``label``) are
 ignored: these collators build pretraining batches. All tensors (batch x num_patches) are in raster order, ready
-for [`GenSSLViTForPreTraining`]. Vectorised in torch and seeded with the collator's own ``torch.Generator``.
+for [`GenSSLViTForPreTraining`]. Vectorised in torch and seeded with the collator's own ``torch.Generator``;
+the draws (mask ratios, exactly k random patches, groups of drawn sizes) are the text collators' own
+functions in ``collators.py``, so both modalities mean the same thing by them.
 """
 
 from __future__ import annotations

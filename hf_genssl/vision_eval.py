@@ -52,7 +52,8 @@ __all__ = [
 
 
 def hide_patches(batch_size: int, num_patches: int, ratio: float = 0.25, seed: int = 0) -> torch.Tensor:
-    """``(batch, num_patches)`` bool: exactly ``max(1, round(ratio * n))`` random hidden patches per image."""
+    """``(batch, num_patches)`` bool: exactly ``round(ratio * n)`` random hidden patches per image, clamped to
+    ``[1, n - 1]`` (seeded, the same for a given ``seed``)."""
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must be in (0, 1), got {ratio}.")
     n_hidden = min(max(1, round(ratio * num_patches)), num_patches - 1)

@@ -264,3 +264,13 @@ class TestSharedDraws:
         assert not torch.equal(torch.rand(5, generator=seeded_generator(None)),
                                torch.rand(5, generator=seeded_generator(None)))
         assert torch.equal(torch.random.get_rng_state(), state)
+
+    @pytest.mark.parametrize(("ratio", "n", "expected"), [(0.25, 64, 16), (0.1, 4, 1), (0.9, 4, 3), (0.5, 7, 4)])
+    def test_hide_patches_counts_and_seed(self, ratio, n, expected):
+        """vision_eval's hidden patches: ``round(r * n)`` clamped to [1, n - 1] per image, fixed by the seed."""
+        from hf_genssl.vision_eval import hide_patches
+
+        hidden = hide_patches(200, n, ratio, seed=3)
+        assert hidden.sum(1).tolist() == [expected] * 200
+        assert torch.equal(hidden, hide_patches(200, n, ratio, seed=3))
+        assert len({tuple(row) for row in hidden.tolist()}) > 1  # each image draws its own patches

@@ -11,6 +11,11 @@ Overrides (a common test that cannot apply to a two-stream model), each with its
   below checks the documented split into the two square maps instead.
 * ``test_generation_tester_mixin_inheritance`` (causal tester): ``GenerationTesterMixin`` is not in transformers'
   sdist; generation is tested in ``tests/test_decoding.py``.
+* ``test_model_rope_scaling_from_config_*`` (text testers): run unchanged, except that the *unscaled* model the test
+  compares against may take its input of 1.5 x ``max_position_embeddings``: GenSSL refuses positions past
+  ``config.max_sequence_length`` (an error instead of RoPE extrapolated beyond what it was trained for, see
+  ``test_generate_past_the_position_limit_is_the_forward_error``), while Llama, which the test is written for, has no
+  limit. The scaled models keep their real limit (``factor`` x the length: the input fits).
 """
 
 from __future__ import annotations
@@ -147,6 +152,24 @@ class GenSSLCausalModelTest(_RegisteredInMappings, ModelTesterMixin, unittest.Te
 
     def test_generation_tester_mixin_inheritance(self):
         self.skipTest("GenerationTesterMixin is not in transformers' sdist; tests/test_decoding.py covers generate")
+
+
+def _unscaled_rope_without_length_limit(test):
+    """``test`` with ``GenSSLConfig.max_sequence_length`` lifted for unscaled RoPE only (see the module docstring)."""
+    limit = GenSSLConfig.max_sequence_length
+
+    def lifted(config: GenSSLConfig) -> int:
+        return 10**9 if config.rope_parameters["rope_type"] == "default" else limit.fget(config)
+
+    def run(self):
+        with mock.patch.object(GenSSLConfig, "max_sequence_length", property(lifted)):
+            test(self)
+
+    return run
+
+
+for _name in [name for name in dir(ModelTesterMixin) if name.startswith("test_model_rope_scaling_from_config_")]:
+    setattr(GenSSLCausalModelTest, _name, _unscaled_rope_without_length_limit(getattr(ModelTesterMixin, _name)))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

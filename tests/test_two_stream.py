@@ -77,9 +77,9 @@ def two_stream_reference(model: GenSSLModel, input_ids, group_ids) -> tuple[torc
     content_mask = gid[None, :] <= gid[:, None]
     query_mask = gid[None, :] < gid[:, None]
     query_mask[~query_mask.any(-1), 0] = True  # the BOS query row, as the model does
-    H, d = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    H, d = model.config.num_attention_heads, model.config.head_dim
     if model.config.position_embedding_type == "rope":  # rotate q and k by their positions (Llama convention)
-        angles = torch.arange(T)[:, None] / (model.config.rope_theta ** (torch.arange(0, d, 2) / d))
+        angles = torch.arange(T)[:, None] / (model.config.rope_parameters["rope_theta"] ** (torch.arange(0, d, 2) / d))
         angles = torch.cat([angles, angles], dim=-1)
 
         def rope(x):
@@ -111,11 +111,12 @@ def two_stream_reference(model: GenSSLModel, input_ids, group_ids) -> tuple[torc
     return model.norm(h), model.norm(g)
 
 
-@pytest.mark.parametrize("positions", ["rope", "absolute"])
+@pytest.mark.parametrize("positions,head_dim", [("rope", None), ("absolute", None), ("rope", 12)])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_one_call_equals_two_separate_streams(attn, positions):
+def test_one_call_equals_two_separate_streams(attn, positions, head_dim):
+    """head_dim 12: heads narrower than hidden_size / heads (32 / 4), projections 32 -> 48 -> 32."""
     torch.manual_seed(0)
-    model = GenSSLModel(tiny_config(num_hidden_layers=3, position_embedding_type=positions)).eval()
+    model = GenSSLModel(tiny_config(num_hidden_layers=3, position_embedding_type=positions, head_dim=head_dim)).eval()
     model.config._attn_implementation = attn
     batch = random_batch(3, B=1, T=11)
     with torch.no_grad():
@@ -316,10 +317,11 @@ def test_rope_matches_rotate_half_reference_and_is_relative():
     head_dim, generator = 8, torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, head_dim, generator=generator)
     positions = torch.tensor([[0, 1, 2, 7, 30], [4, 4, 5, 9, 11]])
-    cos, sin = rotary_cos_sin(positions, head_dim)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2) / head_dim)
+    cos, sin = rotary_cos_sin(positions, inv_freq)
     # Reference written out independently: angle_k = pos / 10000^(2k/d), pairs (k, k + d/2) rotated by angle_k.
-    inv_freq = torch.tensor([10000.0 ** (-2 * k / head_dim) for k in range(head_dim // 2)])
-    angle = positions[..., None].double() * inv_freq.double()
+    reference_freq = torch.tensor([10000.0 ** (-2 * k / head_dim) for k in range(head_dim // 2)])
+    angle = positions[..., None].double() * reference_freq.double()
     x1, x2 = x[..., : head_dim // 2].double(), x[..., head_dim // 2 :].double()
     c, s = angle.cos()[:, None], angle.sin()[:, None]
     reference = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
@@ -328,8 +330,8 @@ def test_rope_matches_rotate_half_reference_and_is_relative():
     q, k = torch.randn(head_dim, generator=generator), torch.randn(head_dim, generator=generator)
 
     def score(pos_q: int, pos_k: int) -> float:
-        cq, sq = rotary_cos_sin(torch.tensor([[pos_q]]), head_dim)
-        ck, sk = rotary_cos_sin(torch.tensor([[pos_k]]), head_dim)
+        cq, sq = rotary_cos_sin(torch.tensor([[pos_q]]), inv_freq)
+        ck, sk = rotary_cos_sin(torch.tensor([[pos_k]]), inv_freq)
         return float(apply_rotary(q.view(1, 1, 1, -1), cq[:, None], sq[:, None]).flatten()
                      @ apply_rotary(k.view(1, 1, 1, -1), ck[:, None], sk[:, None]).flatten())
 
@@ -356,7 +358,7 @@ def test_rope_attention_scores_depend_on_each_rows_own_position():
 
         def turned(x, pos):  # (T, hidden) -> (H, T, d/2) complex, rotated by the positions
             x = x.view(T, H, d).transpose(0, 1).double()
-            theta = model.config.rope_theta ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
+            theta = model.config.rope_parameters["rope_theta"] ** (-2 * torch.arange(d // 2, dtype=torch.float64) / d)
             return torch.complex(x[..., : d // 2], x[..., d // 2 :]) * torch.polar(
                 torch.ones(T, d // 2, dtype=torch.float64), pos[0, :, None].double() * theta)
 

@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Literal
 
 from transformers import PretrainedConfig
+from transformers.modeling_rope_utils import RopeParameters
 
 __all__ = ["GenSSLConfig", "CONTENT_ATTENTION_MODES", "GENSSL_AUTO_MAP"]
 
@@ -24,6 +25,8 @@ _COMMON_CONFIG_KEYS = set(PretrainedConfig().to_dict()) | {
     "cross_attention_hidden_size", "pruned_heads", "torchscript", "use_bfloat16", "tf_legacy_loss",
     # what PretrainedConfig.from_dict passes on to __init__ (AutoConfig.from_pretrained sets name_or_path)
     "name_or_path", "dtype", "output_attentions", "experts_implementation",
+    # RoPE keys of configs written before ``rope_parameters`` (transformers folds them into it)
+    "rope_theta", "rope_scaling",
 }
 
 
@@ -67,17 +70,27 @@ class GenSSLConfig(PretrainedConfig):
         vocab_size: Size of the token vocabulary.
         hidden_size: Width of the residual stream.
         num_hidden_layers: Number of Transformer blocks.
-        num_attention_heads: Attention heads per block (must divide ``hidden_size``).
+        num_attention_heads: Attention heads per block (must divide ``hidden_size`` unless ``head_dim`` is given).
+        head_dim: Width of each attention head; defaults to ``hidden_size // num_attention_heads``. The projections
+            map ``hidden_size`` to ``num_attention_heads * head_dim`` and back (as Llama's).
         intermediate_size: Width of the MLP; defaults to ``4 * hidden_size``.
         hidden_act: MLP activation (a key of ``transformers.activations.ACT2FN``).
-        max_position_embeddings: Longest sequence the model accepts.
+        max_position_embeddings: Longest sequence the model accepts (the learned table's size for absolute
+            positions); RoPE scaling in ``rope_parameters`` can extend it (see :attr:`max_sequence_length`).
         position_embedding_type: ``"rope"`` (default) or ``"absolute"`` (learned, GPT-2 style). Why RoPE: the query
             row of token i never sees token i, so unlike GPT it gets no bigram for free from its own residual; it
             must learn to attend to position i - 1. With rotary angles that is one relative pattern; with learned
             absolute embeddings every position learns it separately (``benchmarks/bench_positions.py`` trains
             both side by side, against the unigram loss of a model that ignores its context). Positions
             enter the query stream through the rotation of its rows, so both streams still share one call.
-        rope_theta: RoPE base.
+        rope_parameters: transformers' RoPE dictionary (``RopeParameters``), read by the same code as Llama's
+            rotary embedding (``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS``): ``rope_theta`` (the base,
+            default 10000) and ``rope_type``: ``"default"``, or a scaling for longer inputs than pretraining saw with
+            its ``factor``: ``"linear"`` (positions divided by ``factor``), ``"dynamic"`` (NTK base growing with
+            the input length once it passes ``max_position_embeddings``), ``"yarn"`` (with
+            ``original_max_position_embeddings``, default ``max_position_embeddings``), ``"longrope"``,
+            ``"llama3"``. Configs written before this field (``rope_theta`` / ``rope_scaling`` at the top level)
+            load into it unchanged: same angles, same outputs. Ignored with absolute positions.
         hidden_dropout_prob: Dropout on embeddings, attention output and MLP output.
         attention_probs_dropout_prob: Dropout on attention probabilities.
         layer_norm_eps: Epsilon of the (pre-)LayerNorms.
@@ -108,7 +121,8 @@ class GenSSLConfig(PretrainedConfig):
         hidden_act: str = "gelu",
         max_position_embeddings: int = 512,
         position_embedding_type: Literal["absolute", "rope"] = "rope",
-        rope_theta: float = 10000.0,
+        rope_parameters: RopeParameters | dict | None = None,
+        head_dim: int | None = None,
         hidden_dropout_prob: float = 0.0,
         attention_probs_dropout_prob: float = 0.0,
         layer_norm_eps: float = 1e-5,
@@ -125,11 +139,13 @@ class GenSSLConfig(PretrainedConfig):
         **kwargs,
     ):
         check_config_keys(type(self), kwargs)
-        if hidden_size % num_attention_heads != 0:
+        if head_dim is None and hidden_size % num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads}); "
-                "change one of them."
+                "change one of them, or give head_dim."
             )
+        if head_dim is not None and (head_dim <= 0 or (position_embedding_type == "rope" and head_dim % 2)):
+            raise ValueError(f"head_dim must be a positive (and, with RoPE, even) number, got {head_dim}.")
         if content_attention not in CONTENT_ATTENTION_MODES:
             raise ValueError(f"content_attention must be one of {CONTENT_ATTENTION_MODES}, got {content_attention!r}.")
         if classifier_pooling not in ("auto", "query", "last", "mean"):
@@ -138,6 +154,13 @@ class GenSSLConfig(PretrainedConfig):
             )
         if position_embedding_type not in ("absolute", "rope"):
             raise ValueError(f"position_embedding_type must be 'absolute' or 'rope', got {position_embedding_type!r}.")
+        if position_embedding_type == "absolute" and (rope_parameters or {}).get("rope_type", "default") != "default":
+            raise ValueError(
+                f"rope_parameters asks for {rope_parameters['rope_type']!r} RoPE scaling but position_embedding_type "
+                "is 'absolute' (learned positions, no RoPE): use position_embedding_type='rope' or drop the scaling."
+            )
+        if (rope_parameters or {}).get("partial_rotary_factor", kwargs.get("partial_rotary_factor", 1.0)) != 1.0:
+            raise ValueError("partial_rotary_factor is not supported: GenSSL rotates every dimension of a head.")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
@@ -146,7 +169,10 @@ class GenSSLConfig(PretrainedConfig):
         self.hidden_act = hidden_act
         self.max_position_embeddings = max_position_embeddings
         self.position_embedding_type = position_embedding_type
-        self.rope_theta = rope_theta
+        self.head_dim = head_dim if head_dim is not None else hidden_size // num_attention_heads
+        # A copy: transformers fills in defaults (rope_type, rope_theta) in place. A legacy ``rope_theta`` /
+        # ``rope_scaling`` in kwargs is folded in by PretrainedConfig (``convert_rope_params_to_dict``), as for Llama.
+        self.rope_parameters = dict(rope_parameters) if rope_parameters is not None else None
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         self.layer_norm_eps = layer_norm_eps
@@ -164,6 +190,20 @@ class GenSSLConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+        self.validate_rope()
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest sequence (in positions) the model accepts: ``max_position_embeddings``, or with a RoPE scaling the
+        length that scaling was set up for, ``factor x original_max_position_embeddings`` (the latter defaulting to
+        ``max_position_embeddings``), whichever is larger. Why a limit at all with RoPE: past the length it was
+        trained (or scaled) for, RoPE extrapolates badly, and a clear error beats silently worse predictions."""
+        rope = self.rope_parameters or {}
+        if self.position_embedding_type != "rope" or rope.get("rope_type", "default") == "default":
+            return self.max_position_embeddings
+        original = rope.get("original_max_position_embeddings") or self.max_position_embeddings
+        factor = rope.get("factor") or self.max_position_embeddings / original
+        return max(self.max_position_embeddings, int(factor * original))
 
 
 GenSSLConfig.register_for_auto_class()

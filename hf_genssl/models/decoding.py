@@ -198,9 +198,10 @@ def group_parallel_decode(
     batch_size, device = input_ids.shape[0], input_ids.device
     mask = torch.ones_like(input_ids) if mask is None else mask.long()
     longest = int(mask.sum(1).max()) + generation_config.max_length - input_ids.shape[1]
-    if longest > config.max_position_embeddings:
+    if longest > config.max_sequence_length:
         raise ValueError(
-            f"prompt + new tokens ({longest}) exceeds max_position_embeddings={config.max_position_embeddings}; "
+            f"prompt + new tokens ({longest}) exceeds max_sequence_length={config.max_sequence_length} "
+            f"(max_position_embeddings={config.max_position_embeddings}, extended only by a RoPE scaling); "
             "lower max_new_tokens / max_length or shorten the prompt."
         )
     pad_token_id = generation_config._pad_token_tensor

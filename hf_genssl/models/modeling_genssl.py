@@ -39,7 +39,7 @@ except ImportError:  # transformers 4.x
 
 from .configuration_genssl import GenSSLConfig
 from .decoding import group_parallel_generate, unmasking_generate
-from .two_stream_attention import GroupVisibility, TwoStreamBlock, rotary_cos_sin, run_block_stack
+from .two_stream_attention import GenSSLRotaryEmbedding, GroupVisibility, TwoStreamBlock, run_block_stack
 
 __all__ = [
     "GenSSLPreTrainedModel",
@@ -164,6 +164,7 @@ class GenSSLModel(GenSSLPreTrainedModel):
             nn.Embedding(config.max_position_embeddings, config.hidden_size)
             if config.position_embedding_type == "absolute" else None
         )
+        self.rotary_emb = GenSSLRotaryEmbedding(config) if config.position_embedding_type == "rope" else None
         self.query_stream_start = nn.Parameter(torch.zeros(config.hidden_size)) if add_query_stream else None
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layers = nn.ModuleList(TwoStreamBlock(config, i) for i in range(config.num_hidden_layers))
@@ -182,11 +183,13 @@ class GenSSLModel(GenSSLPreTrainedModel):
     def _check_positions(self, positions: torch.Tensor) -> None:
         if torch.compiler.is_compiling():  # a host sync would break the graph; eager runs check every batch
             return
-        if positions.numel() and int(positions.max()) >= self.config.max_position_embeddings:
+        limit, table = self.config.max_sequence_length, self.config.max_position_embeddings
+        if positions.numel() and int(positions.max()) >= limit:
+            what = (f"max_position_embeddings={limit}" if limit == table
+                    else f"max_sequence_length={limit} (max_position_embeddings={table} with its RoPE scaling)")
             raise ValueError(
-                f"Sequence of {int(positions.max()) + 1} tokens is longer than the model's "
-                f"max_position_embeddings={self.config.max_position_embeddings}; truncate the input "
-                "(e.g. tokenizer(..., truncation=True, max_length=...)) or score it in windows."
+                f"Sequence of {int(positions.max()) + 1} tokens is longer than the model's {what}; truncate the "
+                "input (e.g. tokenizer(..., truncation=True, max_length=...)) or score it in windows."
             )
 
     def _check_inputs(self, reference: torch.Tensor, are_ids: bool, group_ids: torch.Tensor | None) -> None:
@@ -216,17 +219,6 @@ class GenSSLModel(GenSSLPreTrainedModel):
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past_length:]
         self._check_positions(positions)
         return positions
-
-    def _rope_table(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE ``cos``/``sin`` for every position, computed once per device and dtype (decoding calls forward per
-        token)."""
-        key = (device, dtype)
-        if getattr(self, "_rope_cache_key", None) != key:
-            positions = torch.arange(self.config.max_position_embeddings, device=device)[None]
-            cos, sin = rotary_cos_sin(positions, self.config.hidden_size // self.config.num_attention_heads,
-                                      self.config.rope_theta, dtype)
-            self._rope_cache, self._rope_cache_key = (cos[0], sin[0]), key
-        return self._rope_cache
 
     def _default_group_ids(self, positions: torch.Tensor) -> torch.Tensor:
         """Group ids of the content stream when the caller gives none: the configured attention."""
@@ -336,8 +328,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         rotary = None
         if self.config.position_embedding_type == "rope":
             row_positions = torch.cat([positions, query_position_ids], dim=1) if two_streams else positions
-            cos, sin = self._rope_table(inputs_embeds.device, inputs_embeds.dtype)
-            rotary = (cos[row_positions][:, None], sin[row_positions][:, None])  # (batch, 1 head, rows, head_dim)
+            cos, sin = self.rotary_emb(inputs_embeds, row_positions)
+            rotary = (cos[:, None], sin[:, None])  # (batch, 1 head, rows, head_dim)
             content_embeds = inputs_embeds
             if two_streams:
                 query_embeds = self.query_stream_start.to(inputs_embeds.dtype).expand(
@@ -636,7 +628,7 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             # Decoding reads only the last row(s): a next token past the last position cannot be placed; the same
             # error as a too-long input (a full forward's clamped last row is never read by a loss or a decoder).
             self.model._check_positions(position_ids[:, -logits_to_keep:] + 1)
-        next_positions = (position_ids + 1).clamp(max=self.config.max_position_embeddings - 1)
+        next_positions = (position_ids + 1).clamp(max=self.config.max_sequence_length - 1)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -814,7 +806,7 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
             # last token's position but still sees all of the input, as its group id says).
             after_last = attention_mask.long().sum(1, keepdim=True)
             query_rows = dict(query_group_ids=after_last, return_content_stream=False,
-                              query_position_ids=after_last.clamp(max=self.config.max_position_embeddings - 1))
+                              query_position_ids=after_last.clamp(max=self.config.max_sequence_length - 1))
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,

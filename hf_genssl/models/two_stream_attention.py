@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import logging
 
@@ -37,6 +38,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "GroupVisibility",
     "visibility_mask",
+    "GenSSLRotaryEmbedding",
     "rotary_cos_sin",
     "apply_rotary",
     "eager_attention_forward",
@@ -217,18 +219,72 @@ def visibility_mask(
     return GroupVisibility(row_limits, key_group_ids, key_padding_mask).dense()
 
 
-def rotary_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0, dtype=torch.float32):
-    """RoPE angles for integer ``positions`` ``(batch, n)``: ``cos`` and a *signed* ``sin``, each ``(batch, n,
-    head_dim)``.
+def rotary_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, attention_scaling: float = 1.0, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE angles for integer ``positions`` ``(batch, n)`` and inverse frequencies ``(head_dim / 2,)``: ``cos`` and a
+    *signed* ``sin``, each ``(batch, n, head_dim)``, both multiplied by ``attention_scaling`` (yarn's and longrope's
+    factor; 1 otherwise).
 
     The rotate-half convention of Llama/GPT-NeoX is ``x * cos + rotate_half(x) * sin`` with
     ``rotate_half(x) = (-x2, x1)``. The sign is folded into the returned ``sin`` (``(-sin, +sin)`` over the two
     halves), so applying it needs only a swap of the halves (:func:`apply_rotary`): fewer ops per decoding step.
     """
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    angles = positions[..., None].float() * inv_freq
-    sin = angles.sin()
-    return torch.cat([angles, angles], dim=-1).cos().to(dtype), torch.cat([-sin, sin], dim=-1).to(dtype)
+    angles = positions[..., None].float() * inv_freq.to(device=positions.device, dtype=torch.float32)
+    cos, sin = angles.cos(), angles.sin()
+    if attention_scaling != 1.0:
+        cos, sin = cos * attention_scaling, sin * attention_scaling
+    return torch.cat([cos, cos], dim=-1).to(dtype), torch.cat([-sin, sin], dim=-1).to(dtype)
+
+
+class GenSSLRotaryEmbedding(nn.Module):
+    """RoPE angles from ``config.rope_parameters``, computed the way transformers' ``LlamaRotaryEmbedding`` computes
+    them: inverse frequencies (and the attention scaling yarn / longrope ask for) from transformers'
+    ``ROPE_INIT_FUNCTIONS`` for every scaled ``rope_type`` (linear, dynamic, yarn, longrope, llama3), dynamic NTK /
+    longrope updated with the input length by transformers' ``dynamic_rope_update``. ``forward(x, position_ids)``
+    returns ``(cos, signed_sin)`` (:func:`rotary_cos_sin`) in ``x``'s dtype.
+
+    The angles of each forward's positions are computed in that forward (a few element-wise ops on ``(batch, rows,
+    head_dim)``), not read from a table of every position: the table had to be cached per device and dtype in Python
+    state, which ``torch.compile`` guarded on (one recompile after the first call), and dynamic scaling changes the
+    frequencies with the input length anyway.
+    """
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config, device: torch.device | None = None):
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        rope_init = (self.compute_default_rope_parameters if self.rope_type == "default"
+                     else ROPE_INIT_FUNCTIONS[self.rope_type])
+        inv_freq, self.attention_scaling = rope_init(config, device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config, device: torch.device | None = None, seq_len: int | None = None,
+                                        **kwargs: Any) -> tuple[torch.Tensor, float]:
+        """Unscaled RoPE (``rope_type="default"``): ``1 / theta^(2i / head_dim)``, attention scaling 1."""
+        base, dim = config.rope_parameters["rope_theta"], config.head_dim
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)), 1.0
+
+    def _apply(self, fn, recurse: bool = True):
+        """Follows the model across devices but keeps the frequencies in float32 through a dtype cast
+        (``model.to(torch.bfloat16)``, ``.half()``): bf16 frequencies are off by up to 0.4%, an angle error of
+        ~0.7 rad at position 500. (transformers' own rotary modules are cast with the model.)"""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+    @dynamic_rope_update  # "dynamic" / "longrope": the frequencies follow the input length (transformers' code)
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rotary_cos_sin(position_ids, self.inv_freq, self.attention_scaling, x.dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -399,13 +455,14 @@ class TwoStreamAttention(nn.Module):
         self.config = config
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_probs_dropout_prob
-        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
-        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        width = self.num_heads * self.head_dim  # hidden_size unless the config sets head_dim
+        self.q_proj = nn.Linear(config.hidden_size, width)
+        self.k_proj = nn.Linear(config.hidden_size, width)
+        self.v_proj = nn.Linear(config.hidden_size, width)
+        self.o_proj = nn.Linear(width, config.hidden_size)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)

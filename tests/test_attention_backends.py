@@ -251,3 +251,19 @@ def test_pretraining_forward_has_no_graph_breaks():
     with torch.no_grad():
         torch.testing.assert_close(traced(**batch, only_target_logits=True).loss,
                                    model(**batch, only_target_logits=True).loss, atol=1e-6, rtol=1e-6)
+
+
+def test_compiled_training_forward_compiles_once():
+    """Later batches of the same shape reuse the compiled graph: nothing in the forward keeps Python state that
+    dynamo guards on (the RoPE table used to be cached in module attributes set by the first call: a recompile at
+    the second, found with TORCH_LOGS=recompiles)."""
+    from hf_genssl import DataCollatorForSemiAutoregressiveLM
+
+    torch.manual_seed(0)
+    model = GenSSLForPreTraining._from_config(tiny_config(), attn_implementation="sdpa").train()
+    collator = DataCollatorForSemiAutoregressiveLM(bos_token_id=1, pad_token_id=0, group_size=2, seed=0)
+    compiled = torch.compile(model, backend="eager")  # dynamo's guards without inductor's compile time
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for start in (10, 20, 30):
+            batch = collator([list(range(start, start + 30)), list(range(start + 40, start + 60))])
+            compiled(**batch, only_target_logits=True).loss.backward()

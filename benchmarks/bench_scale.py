@@ -7,7 +7,9 @@ machine, the milliseconds move with its load):
    causal SDPA over T rows (the floor: a same-size GPT), the dense (B, 1, 2T, T) bool-mask SDPA the models used
    before, the group-id paths (``GroupVisibility``): ``sdpa`` for AR (two ``is_causal`` calls) and
    ``flex_attention`` (compiled, BlockMask) for semi-AR g = 2. Forward and forward+backward (flex has no CPU
-   backward in torch 2.13: forward only there) and the peak memory the call allocates, with its largest tensor.
+   backward in torch 2.13: forward only there) and the peak memory the call allocates, with its largest tensor,
+   inputs and outputs in the models' layout (see ``attention_calls``). The two-stream calls return 2T rows against
+   causal's T, so their peak is also given per output row.
 2. ``precision``: a training step (forward, backward, AdamW) of the ``small`` config (training/configs/small.yaml:
    4 layers, hidden 256, seq 128, batch 32, semi-AR g = 2), fp32 vs ``torch.autocast`` bf16.
 3. ``compile``: the same step eager vs ``torch.compile``d, and the graph breaks ``torch._dynamo.explain`` finds.
@@ -70,11 +72,20 @@ def peak_memory(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def attention_calls(T: int) -> dict[str, Callable[[], torch.Tensor]]:
-    """The attention calls compared at length T (tensors made once; every call builds its own mask / rule)."""
+    """The attention calls compared at length T (tensors made once; every call builds its own mask / rule).
+
+    Inputs and outputs are laid out as in the models: the projections give ``(B, rows, heads x dim)``, viewed as
+    ``(B, heads, rows, dim)`` for the kernel, and the output goes back to ``(B, rows, heads, dim)`` for ``o_proj``.
+    SDPA and compiled flex write their output in the query's layout, so that way back is free; with contiguous
+    ``(B, heads, rows, dim)`` queries (how this benchmark fed them before) it is a copy as large as the output.
+    """
     generator = torch.Generator().manual_seed(T)
-    q = torch.randn(1, HEADS, 2 * T, HEAD_DIM, generator=generator, requires_grad=True)
-    k = torch.randn(1, HEADS, T, HEAD_DIM, generator=generator, requires_grad=True)
-    v = torch.randn(1, HEADS, T, HEAD_DIM, generator=generator, requires_grad=True)
+
+    def heads(rows: int) -> torch.Tensor:
+        x = torch.randn(1, rows, HEADS, HEAD_DIM, generator=generator, requires_grad=True)
+        return x.transpose(1, 2)
+
+    q, k, v = heads(2 * T), heads(T), heads(T)
     semi_ar, ar = (torch.arange(T) // 2)[None], torch.arange(T)[None]
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -86,9 +97,13 @@ def attention_calls(T: int) -> dict[str, Callable[[], torch.Tensor]]:
         module.config = SimpleNamespace(_attn_implementation=implementation)
         return lambda: two_stream_attention_forward(module, q, k, v, rule(gids), scaling=HEAD_DIM**-0.5)[0]
 
+    def rows_layout(out: torch.Tensor) -> torch.Tensor:
+        return out.transpose(1, 2).contiguous()
+
     return {
-        "causal": lambda: sdpa(q[:, :, :T], k, v, is_causal=True),  # the floor: a same-size GPT's attention
-        "dense": lambda: sdpa(q, k, v, attn_mask=rule(semi_ar).dense()),  # what the models sent before
+        # the floor: a same-size GPT's attention (T rows)
+        "causal": lambda: rows_layout(sdpa(q[:, :, :T], k, v, is_causal=True)),
+        "dense": lambda: rows_layout(sdpa(q, k, v, attn_mask=rule(semi_ar).dense())),  # what the models sent before
         "ar_sdpa": group_ids("sdpa", ar),
         "flex": group_ids("flex_attention", semi_ar),
     }
@@ -110,8 +125,8 @@ def attention_section(lengths: list[int], repeats: int) -> None:
     print(f"\n## attention: B=1, {HEADS} heads x {HEAD_DIM}, 1 thread, ms (median of {repeats}) and peak MB")
     print("| T | causal SDPA fwd / fwd+bwd | dense-mask SDPA g=2 fwd / fwd+bwd | group-id sdpa AR fwd / fwd+bwd "
           "| flex g=2 fwd (compiled) | flex / dense fwd | flex / causal fwd | AR sdpa / dense fwd+bwd "
-          "| peak MB fwd: causal / dense / flex (largest tensor) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| peak MB fwd: causal / dense / flex (largest tensor) | flex / causal peak | the same per output row |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for T in lengths:
         row = {}
         for name, fn in attention_calls(T).items():
@@ -120,12 +135,15 @@ def attention_section(lengths: list[int], repeats: int) -> None:
                 row[name, "bwd"] = timed(forward_backward(fn), repeats)
             row[name, "mem"] = peak_memory(forward_only(fn))
         mem = " / ".join(f"{row[n, 'mem'][0]:.1f} ({row[n, 'mem'][1]:.1f})" for n in ("causal", "dense", "flex"))
+        peak_ratio = row["flex", "mem"][0] / row["causal", "mem"][0]
         print(f"| {T} | {row['causal', 'fwd']:.1f} / {row['causal', 'bwd']:.1f} "
               f"| {row['dense', 'fwd']:.1f} / {row['dense', 'bwd']:.1f} "
               f"| {row['ar_sdpa', 'fwd']:.1f} / {row['ar_sdpa', 'bwd']:.1f} | {row['flex', 'fwd']:.1f} "
               f"| {row['flex', 'fwd'] / row['dense', 'fwd']:.2f}x | {row['flex', 'fwd'] / row['causal', 'fwd']:.2f}x "
-              f"| {row['ar_sdpa', 'bwd'] / row['dense', 'bwd']:.2f}x | {mem} |", flush=True)
-    print("(a B x 2T x T bool mask is 2T^2 bytes: 8 MB at T=2048; its fp32 additive copy 4x that)")
+              f"| {row['ar_sdpa', 'bwd'] / row['dense', 'bwd']:.2f}x | {mem} | {peak_ratio:.2f}x "
+              f"| {peak_ratio / 2:.2f}x |", flush=True)
+    print("(outputs: causal T rows, the two-stream calls 2T rows: B x rows x heads x dim fp32 is 2 MB per 2048 rows; "
+          "a B x 2T x T bool mask is 2T^2 bytes: 8 MB at T=2048; its fp32 additive copy 4x that)")
 
 
 def small_step(dtype: str, compiled: bool = False, steps: int = 5) -> tuple[float, float]:

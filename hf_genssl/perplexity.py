@@ -4,9 +4,20 @@
 
 * (semi-)autoregressive checkpoints (``content_attention="causal"``): one two-stream forward pass per window
   with one token per group (``group_ids = arange``), so the query row of token t sees exactly ``x_<t``. Exact.
-* masked checkpoints (``"bidirectional"``): token t is read from the prefix ``x_<t`` followed by ``[MASK]`` at
-  every later position of the window. That is one input per scored token; the inputs of a window are
-  stacked and run ``batch_size`` at a time, so a window of T tokens costs about ``T / batch_size`` passes.
+* masked checkpoints (``"bidirectional"``): token t is read from the prefix ``x_<t`` followed by ``[MASK]``s.
+  That is one input per scored token; the inputs of a window are stacked and run ``batch_size`` at a time, so
+  a window of T tokens costs about ``T / batch_size`` passes. Two variants, which tell the model different things:
+
+  - ``trailing_masks=None`` (the default, the paper's Eq. 2 as usually computed): ``[MASK]`` at every later
+    position of the window, so the input always spans the whole window. The model sees nothing of the text after
+    t, but the number of masks tells it how many tokens remain before the window ends, and at a text's last
+    window, where the text ends. It is exact for the question "how well does the model predict x_t from
+    ``x_<t`` when told the length of what follows", not for left-to-right generation, which never knows it.
+  - ``trailing_masks=H``: exactly ``H`` masks after the prefix whatever t is (``H = 1``: one ``[MASK]``, at the
+    position to predict). The input's length then says nothing about the text: every token is scored with the
+    same ``H`` masks after it. This is the score of a generator that writes one token (or ``H``) at a time. The
+    window is at most the model's positions minus ``H`` (``H = 1``: the same windows, tokens and contexts as the
+    default, only the masks after t differ).
 
 Long texts are scored in windows of ``window`` tokens moving by ``stride`` (every token is scored once, with
 up to ``window - 1`` tokens of context); each window starts with the always-visible BOS token. The result
@@ -41,6 +52,7 @@ class PerplexityResult:
     stride: int
     method: str
     by_prefix_length: list[dict] = field(default_factory=list)
+    trailing_masks: int | None = None  # masked checkpoints: None = masks to the window end, H = exactly H masks
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,12 +113,18 @@ def _score_query_stream(backbone, head, rows, targets, batch_size, pad_id, progr
 
 
 @torch.no_grad()
-def _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad_id, mask_id, progress):
-    """NLL of every target position t from ``x_<t`` + ``[MASK]`` up to the window end, batched across positions."""
+def _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad_id, mask_id, progress,
+                           trailing_masks: int | None = None):
+    """NLL of every target position t from ``x_<t`` + ``[MASK]`` up to the window end (``trailing_masks=None``)
+    or + exactly ``trailing_masks`` masks, batched across positions."""
     inputs, read_at, answers = [], [], []
     for row, positions in zip(rows, targets, strict=True):
-        after = torch.arange(len(row))[None] >= positions[:, None]  # (n_targets, L): masked from t on
-        inputs.extend(torch.where(after, mask_id, row[None]).unbind(0))
+        if trailing_masks is None:
+            after = torch.arange(len(row))[None] >= positions[:, None]  # (n_targets, L): masked from t on
+            inputs.extend(torch.where(after, mask_id, row[None]).unbind(0))
+        else:
+            masks = torch.full((trailing_masks,), mask_id, dtype=row.dtype)
+            inputs.extend(torch.cat([row[:t], masks]) for t in positions.tolist())
         read_at.append(positions)
         answers.append(row[positions])
     read_at, answers = torch.cat(read_at), torch.cat(answers)
@@ -135,6 +153,7 @@ def prefix_perplexity(
     bucket_size: int = 8,
     progress: bool = False,
     trust_remote_code: bool = False,
+    trailing_masks: int | None = None,
 ) -> PerplexityResult:
     """Exact prefix perplexity of ``texts`` under a GenSSL checkpoint (model object or path).
 
@@ -143,27 +162,36 @@ def prefix_perplexity(
             or a checkpoint path/Hub id (loaded through the registered GenSSL classes).
         texts: held-out texts; each is tokenized on its own and scored from its first token.
         tokenizer: the checkpoint's tokenizer (loaded from the path when ``model`` is one).
-        window: text tokens per window (default: the model's positions minus one for the BOS).
+        window: text tokens per window (default: the model's positions minus one for the BOS, minus
+            ``trailing_masks - 1`` more when it is set).
         stride: how far a window moves (default: ``window``, no overlap); must be ``<= window``.
         batch_size: rows per forward pass (windows for causal checkpoints, prefixes for masked ones).
         bucket_size: width of the prefix-length buckets of ``by_prefix_length``.
         trust_remote_code: run the checkpoint's own code when it has some (only for checkpoints you trust).
+        trailing_masks: masked checkpoints only: ``None`` scores token t with ``[MASK]`` at every later position of
+            its window (the input's length tells the model where the window ends), ``H`` with exactly ``H`` masks
+            after the prefix (nothing about the text's length; see the module docstring).
     """
     model, tokenizer = _load(model, tokenizer, trust_remote_code)
     backbone, head = model.model, model.lm_head
     config = backbone.config
-    max_window = config.max_position_embeddings - 1
+    masked = config.content_attention == "bidirectional"
+    if trailing_masks is not None and (not masked or trailing_masks < 1):
+        raise ValueError("trailing_masks applies to masked (bidirectional) checkpoints and must be >= 1; a causal "
+                         f"checkpoint's query stream sees no masks (got {trailing_masks} for a "
+                         f"{config.content_attention!r} checkpoint).")
+    max_window = config.max_position_embeddings - (trailing_masks or 1)  # the BOS, or the prefix's masks
     window = max_window if window is None else window
     stride = window if stride is None else stride
     if window < 1 or window > max_window:
+        room = f"{trailing_masks} for the trailing masks" if trailing_masks else "one of them for the BOS token"
         raise ValueError(f"window must be in [1, {max_window}] (the model has {config.max_position_embeddings} "
-                         f"positions, one of them for the BOS token), got {window}.")
+                         f"positions, {room}), got {window}.")
     if stride < 1 or stride > window:
         raise ValueError(f"stride must be in [1, window={window}] (a larger stride would skip tokens), got {stride}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-    masked = config.content_attention == "bidirectional"
     if bos is None or pad is None or (masked and tokenizer.mask_token_id is None):
         raise ValueError("The tokenizer needs BOS and pad tokens (and a mask token for masked checkpoints).")
 
@@ -177,7 +205,8 @@ def prefix_perplexity(
         raise ValueError("No tokens to score: the texts are empty.")
 
     if masked:
-        nlls = _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad, tokenizer.mask_token_id, progress)
+        nlls = _score_masked_prefixes(backbone, head, rows, targets, batch_size, pad, tokenizer.mask_token_id, progress,
+                                      trailing_masks)
     else:
         nlls = _score_query_stream(backbone, head, rows, targets, batch_size, pad, progress)
     nll = torch.cat(nlls).cpu().double()
@@ -193,6 +222,7 @@ def prefix_perplexity(
     return PerplexityResult(
         perplexity=math.exp(mean), mean_nll=mean, tokens_scored=len(nll), windows=len(rows), window=window,
         stride=stride, method="masked-prefix" if masked else "query-stream", by_prefix_length=buckets,
+        trailing_masks=trailing_masks,
     )
 
 

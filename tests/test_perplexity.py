@@ -122,9 +122,10 @@ def first_window_begin(i: int, window: int, stride: int) -> int:
     return 0 if i < window else ((i - window) // stride + 1) * stride
 
 
-def naive_windowed_nll(model, tokenizer, text, window, stride, masked):
+def naive_windowed_nll(model, tokenizer, text, window, stride, masked, trailing_masks=None):
     """(prefix length, NLL) of every text token, each scored with its own call on [BOS] + its window's tokens before
-    it (a causal model's last row), or on [BOS] + those tokens + [MASK] up to the window's end (read at the token)."""
+    it (a causal model's last row), or on [BOS] + those tokens + [MASK] up to the window's end (read at the token),
+    or + exactly ``trailing_masks`` [MASK]s."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not masked:  # a masked LM head has no query-stream vector to hand over (and needs none here)
         causal = GenSSLForCausalLM(model.config).eval()
@@ -136,7 +137,8 @@ def naive_windowed_nll(model, tokenizer, text, window, stride, masked):
         with torch.no_grad():
             if masked:
                 end = min(begin + window, len(ids))
-                row = torch.tensor([context + [tokenizer.mask_token_id] * (end - i)])
+                masks = end - i if trailing_masks is None else trailing_masks
+                row = torch.tensor([context + [tokenizer.mask_token_id] * masks])
                 logits = model(input_ids=row).logits[0, len(context)]
             else:
                 logits = causal(torch.tensor([context]), use_cache=False).logits[0, -1]
@@ -177,3 +179,44 @@ def test_windowed_perplexity_equals_a_naive_loop_over_positions(sharp_models, to
     for bucket in result.by_prefix_length:
         expected = math.exp(sum(by_prefix[bucket["prefix_from"]]) / len(by_prefix[bucket["prefix_from"]]))
         assert bucket["perplexity"] == pytest.approx(expected, rel=1e-4), bucket
+
+
+@pytest.mark.parametrize("trailing_masks", [1, 3])
+def test_fixed_trailing_masks_equal_a_naive_loop_and_differ_from_masks_to_the_window_end(sharp_models, tokenizer,
+                                                                                          trailing_masks):
+    """``trailing_masks=H``: every token is read from [BOS] + its window's tokens before it + exactly H [MASK]s, as a
+    per-position loop computes it; on a context-sensitive model that is a different number from the default
+    (masks up to the window's end, whose count tells the model where the window ends)."""
+    masked = sharp_models[1]
+    window, stride = 8, 3
+    text = " ".join(TEXTS * 2)
+    fixed = naive_windowed_nll(masked, tokenizer, text, window, stride, masked=True, trailing_masks=trailing_masks)
+    to_the_end = naive_windowed_nll(masked, tokenizer, text, window, stride, masked=True)
+    nll = torch.tensor([x for _, x in fixed], dtype=torch.float64)
+    other = torch.tensor([x for _, x in to_the_end], dtype=torch.float64)
+    assert (nll - other).abs().mean() > 0.1  # the check below can tell the two variants apart
+    result = prefix_perplexity(masked, [text], tokenizer, window=window, stride=stride, batch_size=5,
+                               bucket_size=1, trailing_masks=trailing_masks)
+    assert result.tokens_scored == len(fixed) and result.trailing_masks == trailing_masks
+    assert result.mean_nll == pytest.approx(nll.mean().item(), rel=1e-5)
+    by_prefix: dict[int, list[float]] = {}
+    for prefix, x in fixed:
+        by_prefix.setdefault(prefix, []).append(x)
+    for bucket in result.by_prefix_length:
+        expected = math.exp(sum(by_prefix[bucket["prefix_from"]]) / len(by_prefix[bucket["prefix_from"]]))
+        assert bucket["perplexity"] == pytest.approx(expected, rel=1e-4), bucket
+    default = prefix_perplexity(masked, [text], tokenizer, window=window, stride=stride, batch_size=5)
+    assert default.trailing_masks is None and default.mean_nll == pytest.approx(other.mean().item(), rel=1e-5)
+
+
+def test_trailing_masks_bad_inputs_and_default_window(models, tokenizer):
+    causal, masked = models
+    with pytest.raises(ValueError, match="trailing_masks applies to masked"):
+        prefix_perplexity(causal, TEXTS, tokenizer, trailing_masks=1)
+    with pytest.raises(ValueError, match="trailing_masks applies to masked"):
+        prefix_perplexity(masked, TEXTS, tokenizer, trailing_masks=0)
+    positions = masked.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"window must be in \\[1, {positions - 4}\\].*4 for the trailing masks"):
+        prefix_perplexity(masked, TEXTS, tokenizer, window=positions - 3, trailing_masks=4)
+    assert prefix_perplexity(masked, TEXTS, tokenizer, trailing_masks=4).window == positions - 4
+    assert prefix_perplexity(masked, TEXTS, tokenizer, trailing_masks=1).window == positions - 1

@@ -1,9 +1,11 @@
 """Prefix perplexity (the paper's Eq. 2) as an offline ``evaluate`` module.
 
-Same interface as the Hub's ``perplexity`` metric (``predictions`` are texts, ``model_id`` a checkpoint), but
-exact for every GenSSL objective: the query stream scores (semi-)AR checkpoints in one pass per window, and
-masked checkpoints are scored from the prefix followed by ``[MASK]`` tokens. The computation lives in
-``hf_genssl.perplexity``; this file only adapts it to ``evaluate``.
+Same interface as the Hub's ``perplexity`` metric (``predictions`` are texts, ``model_id`` a checkpoint), for
+every GenSSL objective: the query stream scores (semi-)AR checkpoints in one pass per window, and masked
+checkpoints are scored from the prefix followed by ``[MASK]`` tokens, up to the window end (the default: the
+count of masks tells the model where the window ends) or exactly ``trailing_masks`` of them. The computation
+lives in ``hf_genssl.perplexity`` (its module docstring says what each variant tells the model); this file only
+adapts it to ``evaluate``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ Args:
     batch_size: rows per forward pass.
     bucket_size: width of the prefix-length buckets.
     trust_remote_code: run code shipped with the checkpoint (default False; GenSSL checkpoints never need it).
+    trailing_masks: masked checkpoints only: None = [MASK] up to the window end, H = exactly H masks after the prefix.
 Returns:
-    perplexity, mean_nll, tokens_scored, windows, window, stride, method, by_prefix_length.
+    perplexity, mean_nll, tokens_scored, windows, window, stride, method, by_prefix_length, trailing_masks.
 Examples:
     >>> from hf_genssl.metrics import load_metric
     >>> ppl = load_metric("prefix_perplexity")
@@ -52,10 +55,10 @@ class PrefixPerplexity(evaluate.Metric):
         )
 
     def _compute(self, predictions, model_id, window=None, stride=None, batch_size=16, bucket_size=8,
-                 trust_remote_code=False):
+                 trust_remote_code=False, trailing_masks=None):
         from hf_genssl.perplexity import prefix_perplexity
 
         return prefix_perplexity(
             model_id, list(predictions), window=window, stride=stride, batch_size=batch_size, bucket_size=bucket_size,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, trailing_masks=trailing_masks,
         ).to_dict()

@@ -48,12 +48,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .stats import Comparison, compare_paired, format_p, format_t, judge, sample_sd
+from .stats import Comparison, compare_paired, format_p, format_t, is_borderline, judge, sample_sd
 
 if TYPE_CHECKING:  # the model modules import torch: loaded only when an experiment runs
     from .models.modeling_genssl_vit import GenSSLViTForPreTraining
 
-__all__ = ["EXPERIMENTS", "Definitions", "Scale", "load_definitions", "run_reproduce", "summarise"]
+__all__ = ["EXPERIMENTS", "BorderlineRule", "Definitions", "Scale", "load_definitions", "run_reproduce", "summarise"]
 
 EXPERIMENTS = ("classification", "generation", "vision_classification", "vision_generation")
 DEFINITIONS = "experiments/reproduce.yaml"
@@ -78,6 +78,9 @@ class Scale:
     connectivity_samples: int = 200
     name: str = ""  # the key in Definitions.scales, recorded in every JSON
     only: tuple[str, ...] = ()  # run only these cells (run_reproduce's ``cells``); empty = every cell
+    # the borderline rule's extra seeds: experiment -> cells that run seeds up to ``extended_seeds``
+    extended: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extended_seeds: int = 0
 
 
 def _best(by_cell: dict[str, list[dict]], prefix: str, value, lower_is_better: bool) -> str:
@@ -120,6 +123,16 @@ class ComparisonSpec:
         return _best(measured, "", lambda r: _metric(r, key), not self.higher_is_better) if measured else None
 
 
+@dataclass(frozen=True)
+class BorderlineRule:
+    """When a verdict gets more seeds (key ``borderline`` of the experiment definitions, pre-registered): a claim
+    judged on the scale's seeds with uncorrected p < ``p_below`` and Holm-corrected p >= 0.05 is judged again on
+    ``seeds`` seeds of its two cells (:func:`hf_genssl.stats.is_borderline`)."""
+
+    p_below: float
+    seeds: int
+
+
 def _frozen(mapping: Mapping) -> Mapping:
     return MappingProxyType(dict(mapping))
 
@@ -140,6 +153,8 @@ class Definitions:
     vision_classification_controls: Mapping[str, dict] = field(default_factory=dict)
     scales: Mapping[str, Scale] = field(default_factory=dict)
     comparisons: tuple[ComparisonSpec, ...] = ()  # the pre-registered claims, judged by judge_comparisons
+    trailing_masks: int = 1  # the masked prefix perplexity's second variant: exactly this many [MASK]s after t
+    borderline: BorderlineRule | None = None  # None: every claim is judged on its scale's seeds
 
     def __post_init__(self):
         for name in ("classification_cells", "generation_cells", "vision_classification_cells",
@@ -154,12 +169,13 @@ class Definitions:
         """From the YAML's mapping: ``tasks``, ``glue_tasks``, ``*_cells`` and ``scales`` (name -> Scale fields)."""
         known = {"tasks", "glue_tasks", "scales", "classification_cells", "generation_cells",
                  "vision_classification_cells", "vision_generation_cells", "classification_controls",
-                 "vision_classification_controls", "comparisons"}
+                 "vision_classification_controls", "comparisons", "trailing_masks", "borderline"}
         if unknown := sorted(set(values) - known):
             raise ValueError(f"Unknown keys {unknown} in the experiment definitions; known: {sorted(known)}.")
         scales = {name: Scale(**scale, name=name) for name, scale in values["scales"].items()}
         comparisons = tuple(ComparisonSpec(**c) for c in values.get("comparisons", ()))
-        return cls(**{**values, "scales": scales, "comparisons": comparisons})
+        borderline = BorderlineRule(**values["borderline"]) if values.get("borderline") else None
+        return cls(**{**values, "scales": scales, "comparisons": comparisons, "borderline": borderline})
 
     def all_cells(self) -> dict[str, dict]:
         """Every cell of every experiment, by name."""
@@ -209,6 +225,7 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
 
     def record(self, data: str, **results) -> None:
+        """Write the JSON: the run's own fields (:data:`_RECORD_FIELDS`) and ``results``."""
         vision = self.experiment.startswith("vision")
         payload = {"experiment": self.experiment, "cell": self.cell, "seed": self.seed, "settings": self.settings,
                    "scale": self.scale.vit_pretrain if vision else self.scale.pretrain, "data": data, **results,
@@ -216,6 +233,10 @@ class _Run:
                    "hardware": _hardware()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+_RECORD_FIELDS = ("experiment", "cell", "seed", "settings", "scale", "data", "seconds", "scale_name", "hardware")
+"""The fields :meth:`_Run.record` writes itself; the others of a JSON are results."""
 
 
 def _pretrain(out: Path, run: _Run, cache_dir) -> str:
@@ -234,23 +255,36 @@ MEASURED = {"classification": "label_connectivity", "generation": "test_perplexi
 """What a pretrained cell's JSON must record under the current protocol; a JSON without it is run again (same seed,
 same numbers for what it had, plus the new measurement). Controls without a representation are exempt."""
 
+MASKED_OBJECTIVES = ("masked", "variable_masked")
+
+
+def _needed(experiment: str, settings: dict) -> tuple[str, ...]:
+    """The keys a cell's JSON must hold (:data:`MEASURED`, and ``fixed_masks`` for a masked text generation
+    cell: the prefix perplexity with a fixed number of trailing masks)."""
+    if settings.get("control") not in (None, "random_init"):
+        return ()
+    needed = (MEASURED[experiment],) if experiment in MEASURED else ()
+    if experiment == "generation" and settings.get("objective") in MASKED_OBJECTIVES:
+        needed += ("fixed_masks",)
+    return needed
+
 
 def _pending(out: Path, experiment: str, cells: dict[str, dict], scale: Scale):
     """The runs of ``experiment`` without a (current) JSON yet, seed by seed (seed 0 of every cell finishes
-    first)."""
-    for seed in range(scale.seeds):
+    first); the cells of ``scale.extended`` (the borderline rule's) continue up to ``scale.extended_seeds``."""
+    extended = scale.extended.get(experiment, ())
+    for seed in range(max(scale.seeds, scale.extended_seeds if extended else 0)):
         for cell, settings in cells.items():
-            if scale.only and cell not in scale.only:
+            if (scale.only and cell not in scale.only) or (seed >= scale.seeds and cell not in extended):
                 continue
             path = out / experiment / f"{cell}-seed{seed}.json"
-            needed = MEASURED.get(experiment) if settings.get("control") in (None, "random_init") else None
             if not path.exists():
                 yield _Run(experiment, cell, settings, seed, scale, path)
             elif (recorded := json.loads(path.read_text())).get("scale_name", scale.name) != scale.name:
                 # Resuming skips finished cells: a cell of another scale would be skipped and reported as this one.
                 raise ValueError(f"{path} holds a {recorded['scale_name']!r}-scale run, not {scale.name!r}; pass "
                                  f"another --out (e.g. --out results/{scale.name}).")
-            elif needed and needed not in recorded:
+            elif any(key not in recorded for key in _needed(experiment, settings)):
                 yield _Run(experiment, cell, settings, seed, scale, path)
 
 
@@ -401,12 +435,42 @@ def run_generation(out: Path, scale: Scale, cache_dir, definitions: Definitions)
     cells = {**definitions.generation_cells, **reference}
     for run in _pending(out, "generation", cells, scale):
         model, tokenizer = load_model_and_tokenizer(_pretrain(out, run, cache_dir))
-        result = prefix_perplexity(model, texts["in_domain"], tokenizer, batch_size=64)  # window: positions - 1
-        test = prefix_perplexity(model, texts["test"], tokenizer, batch_size=64)
-        ood = prefix_perplexity(model, texts["out_of_domain"], tokenizer, batch_size=64)
-        run.record(data, **result.to_dict(), test_perplexity=test.perplexity, test_tokens_scored=test.tokens_scored,
-                   ood_perplexity=ood.perplexity, ood_tokens_scored=ood.tokens_scored,
-                   connectivity=top_similarity(text_features(model, texts["passages"], tokenizer)))
+        measured = _measured_before(run, ("perplexity", "test_perplexity", "ood_perplexity", "connectivity"))
+        if measured is None:
+            result = prefix_perplexity(model, texts["in_domain"], tokenizer, batch_size=64)  # window: positions - 1
+            test = prefix_perplexity(model, texts["test"], tokenizer, batch_size=64)
+            ood = prefix_perplexity(model, texts["out_of_domain"], tokenizer, batch_size=64)
+            measured = {**result.to_dict(), "test_perplexity": test.perplexity,
+                        "test_tokens_scored": test.tokens_scored, "ood_perplexity": ood.perplexity,
+                        "ood_tokens_scored": ood.tokens_scored,
+                        "connectivity": top_similarity(text_features(model, texts["passages"], tokenizer))}
+        if run.settings.get("objective") in MASKED_OBJECTIVES:
+            measured["fixed_masks"] = _fixed_masks_perplexity(model, tokenizer, texts, definitions.trailing_masks)
+        run.record(data, **measured)
+
+
+def _measured_before(run: _Run, keys: tuple[str, ...]) -> dict | None:
+    """What the run's existing JSON measured, when it holds every one of ``keys`` (a JSON written before a new
+    measurement was added: only the new one is computed, from the same checkpoint); ``None`` otherwise. The
+    run's ``seconds`` then add up both sessions' wall time."""
+    if not run.path.exists() or not all(key in (before := json.loads(run.path.read_text())) for key in keys):
+        return None
+    run.started -= before["seconds"]
+    return {key: value for key, value in before.items() if key not in _RECORD_FIELDS}
+
+
+def _fixed_masks_perplexity(model, tokenizer, texts: dict[str, list[str]], trailing_masks: int) -> dict:
+    """Prefix perplexity of a masked checkpoint with exactly ``trailing_masks`` [MASK]s after each prefix (the
+    input's length then tells the model nothing about where the text or window ends) on the three splits."""
+    from .perplexity import prefix_perplexity
+
+    scores = {split: prefix_perplexity(model, texts[key], tokenizer, batch_size=64, trailing_masks=trailing_masks)
+              for split, key in (("", "in_domain"), ("test_", "test"), ("ood_", "out_of_domain"))}
+    validation = scores[""]
+    return {"trailing_masks": trailing_masks, "window": validation.window,
+            **{f"{split}perplexity": r.perplexity for split, r in scores.items()},
+            **{f"{split}tokens_scored": r.tokens_scored for split, r in scores.items()},
+            "by_prefix_length": validation.by_prefix_length}
 
 
 def _image_tensors(scale: Scale, cache_dir) -> dict:
@@ -528,10 +592,19 @@ class _Judged:
     better: str | None
     worse: str | None
     result: Comparison
+    first_look: Comparison | None = None  # on the scale's seeds, when the borderline rule gave the claim more
 
 
-def _compare(spec: ComparisonSpec, by_cell: dict[str, list[dict]], expected_seeds: int | None) -> _Judged:
-    better, worse = spec.cell(spec.better, by_cell), spec.cell(spec.worse, by_cell)
+def _seeds_below(runs: list[dict], seeds: int | None) -> list[dict]:
+    return runs if seeds is None else [r for r in runs if r["seed"] < seeds]
+
+
+def _compare(spec: ComparisonSpec, runs: list[dict], seeds: int | None, choice_seeds: int | None) -> _Judged:
+    """``spec`` tested on the runs of its experiment with seed < ``seeds`` (all when ``None``); a ``best:`` cell is
+    chosen on the seeds < ``choice_seeds`` (the scale's), so extra seeds never change which cells are compared."""
+    choose_from = _by_cell(_seeds_below(runs, choice_seeds), spec.experiment)
+    by_cell = _by_cell(_seeds_below(runs, seeds), spec.experiment)
+    better, worse = spec.cell(spec.better, choose_from), spec.cell(spec.worse, choose_from)
     missing = [name for name, cell in ((spec.better, better), (spec.worse, worse)) if cell is None]
     if missing:
         return _Judged(spec, better, worse, Comparison(spec.better, spec.worse, (), reason=(
@@ -542,7 +615,15 @@ def _compare(spec: ComparisonSpec, by_cell: dict[str, list[dict]], expected_seed
         return _Judged(spec, better, worse, Comparison(better, worse, (), reason=(
             f"pending: `{spec.metric}` not recorded yet (rerun the cells to measure it)")))
     return _Judged(spec, better, worse, compare_paired(values[better], values[worse], spec.higher_is_better,
-                                                       expected_seeds, better, worse))
+                                                       seeds, better, worse))
+
+
+def _judge_family(compared: list[_Judged]) -> list[_Judged]:
+    """Holm-correct the verdict claims together (:func:`hf_genssl.stats.judge`); mark the others."""
+    family = [j for j in compared if j.spec.verdict]
+    judged = dict(zip(map(id, family), judge([j.result for j in family]), strict=True))
+    return [replace(j, result=judged[id(j)]) if id(j) in judged else replace(j, result=replace(
+        j.result, verdict="pending" if j.result.pending else "not a verdict")) for j in compared]
 
 
 def judge_comparisons(runs: list[dict], specs=None, definitions: Definitions | None = None) -> list[_Judged]:
@@ -551,27 +632,58 @@ def judge_comparisons(runs: list[dict], specs=None, definitions: Definitions | N
     ``specs`` defaults to the definitions' ``comparisons``, whose ``scales`` say how many seeds a finished cell has.
     Comparisons whose experiment has no runs in ``runs`` are left out (a run of some experiments only); the
     others stay in the family, pending ones included.
+
+    The definitions' ``borderline`` rule: every claim is first judged on the scale's seeds (``0 .. seeds - 1``);
+    a verdict claim that is borderline there (:func:`hf_genssl.stats.is_borderline`) is judged again on
+    ``borderline.seeds`` seeds of the same two cells (pending until they exist), the others keep the first look,
+    and the family is Holm-corrected again. Without a known scale every seed found is used, once.
     """
     definitions = definitions or load_definitions()
     specs = definitions.comparisons if specs is None else specs
     experiments = {r["experiment"] for r in runs}
     scales = definitions.scales
     scale = next((scales.get(r.get("scale_name")) for r in runs if r.get("scale_name") in scales), None)
-    compared = [_compare(spec, _by_cell(runs, spec.experiment), scale.seeds if scale else None)
-                for spec in specs if spec.experiment in experiments]
-    family = [j for j in compared if j.spec.verdict]
-    judged = dict(zip(map(id, family), judge([j.result for j in family]), strict=True))
-    return [replace(j, result=judged[id(j)]) if id(j) in judged else replace(j, result=replace(
-        j.result, verdict="pending" if j.result.pending else "not a verdict")) for j in compared]
+    seeds = scale.seeds if scale else None
+    first = _judge_family([_compare(spec, runs, seeds, seeds) for spec in specs if spec.experiment in experiments])
+    rule = definitions.borderline
+    if rule is None or seeds is None or rule.seeds <= seeds:
+        return first
+    second = []
+    for j in first:
+        if not (j.spec.verdict and is_borderline(j.result, rule.p_below)):
+            second.append(j)
+            continue
+        again = _compare(j.spec, runs, rule.seeds, seeds)
+        if again.result.pending:
+            again = replace(again, result=replace(again.result, reason=(
+                f"pending: borderline on {seeds} seeds ({format_p(j.result.p, 'p')}, "
+                f"{format_p(j.result.p_holm, 'Holm p')}), judged on {rule.seeds}: {len(again.result.seeds)} paired "
+                "so far")))
+        second.append(replace(again, first_look=j.result))
+    return _judge_family(second)
+
+
+def borderline_cells(runs: list[dict], definitions: Definitions) -> dict[str, tuple[str, ...]]:
+    """Experiment -> the cells the ``borderline`` rule gives more seeds (both cells of every borderline claim)."""
+    cells: dict[str, tuple[str, ...]] = {}
+    for j in judge_comparisons(runs, definitions=definitions):
+        if j.first_look is not None:
+            cells[j.spec.experiment] = tuple(dict.fromkeys((*cells.get(j.spec.experiment, ()), j.better, j.worse)))
+    return cells
 
 
 def _digits(metric: str) -> int:
     return 4 if metric.endswith("l2") else 1 if "perplexity" in metric else 3
 
 
-def _claims_section(judged: list[_Judged], by_experiment: dict[str, dict[str, list[dict]]]) -> list[str]:
+def _claims_section(judged: list[_Judged], by_experiment: dict[str, dict[str, list[dict]]],
+                    rule: BorderlineRule | None = None) -> list[str]:
     """The claims table: every verdict of the run, positive or not, in one place and one format."""
     family = sum(j.spec.verdict for j in judged)
+    more = "" if rule is None else (
+        f" A claim whose uncorrected p < {rule.p_below:g} but corrected p >= 0.05 on the scale's seeds is "
+        f"**borderline**: its two cells run {rule.seeds} seeds and it is judged on them, once (its seeds column "
+        "gives the first look); the other claims keep the scale's seeds.")
     lines = ["## Claims", "",
              (f"Each claim is a paired t-test (two-sided) on the per-seed differences, seed k shared by the two cells; "
               f"the p-values of this run's {family} pre-registered claims are Holm-corrected together "
@@ -580,15 +692,16 @@ def _claims_section(judged: list[_Judged], by_experiment: dict[str, dict[str, li
               "**inconclusive** otherwise, **pending** while a cell lacks a seed or the metric. Effect: mean "
               "per-seed difference, positive = in the claim's favour, with its 95% t interval. Values: mean ± "
               "sample SD (ddof = 1) over seeds. The comparisons are pre-registered in "
-              "`hf_genssl/configs/experiments/reproduce.yaml`."), "",
+              f"`hf_genssl/configs/experiments/reproduce.yaml`.{more}"), "",
              "| claim | paper | ours | effect [95% CI] | test | Holm p | verdict | data | seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for j in judged:
         spec, result, digits = j.spec, j.result, _digits(j.spec.metric)
         runs = by_experiment.get(spec.experiment, {})
 
-        def ours(cell, runs=runs, spec=spec, digits=digits):
-            values = [v for r in runs.get(cell, []) if (v := _metric(r, spec.metric)) is not None]
+        def ours(cell, runs=runs, spec=spec, digits=digits, tested=frozenset(result.seeds)):
+            values = [v for r in runs.get(cell, []) if (v := _metric(r, spec.metric)) is not None
+                      and (not tested or r["seed"] in tested)]  # the seeds of the test, when there is one
             return f"{cell} {_mean_std(values, digits)}"
 
         mine = f"{ours(j.better)} vs {ours(j.worse)}" if j.better and j.worse else "-"
@@ -599,6 +712,9 @@ def _claims_section(judged: list[_Judged], by_experiment: dict[str, dict[str, li
             test = f"paired t({len(result.seeds) - 1}) = {format_t(result.t)}, {format_p(result.p, 'p')}"
             p_holm = format_p(result.p_holm) if spec.verdict else "not in the family"
         seeds = ", ".join(map(str, result.seeds)) or "-"
+        if j.first_look is not None:
+            seeds += (f" (borderline on {', '.join(map(str, j.first_look.seeds))}: "
+                      f"{format_p(j.first_look.p, 'p')}, {format_p(j.first_look.p_holm, 'Holm p')})")
         lines.append(f"| {spec.claim} | {spec.paper} | {mine} | {effect} | {test} | {p_holm} | **{result.verdict}** | "
                      f"{spec.split} | {seeds} |")
     return lines + [""]
@@ -661,6 +777,30 @@ def _costs_lines(by_cell: dict[str, list[dict]]) -> list[str]:
     return ["", "**Cost of semi-AR (g = 2) against AR** (same tokens, same steps):", "", *lines]
 
 
+def _fixed_masks_lines(by_cell: dict[str, list[dict]]) -> list[str]:
+    """The masked cells' prefix perplexity read both ways: masks to the window end, and a fixed number of masks."""
+    measured = {cell: runs for cell, runs in by_cell.items() if any("fixed_masks" in r for r in runs)}
+    if not measured:
+        return []
+    fixed = next(r["fixed_masks"] for rs in measured.values() for r in rs if "fixed_masks" in r)
+    h = fixed["trailing_masks"]
+    masks = "one `[MASK]` (at the position to predict)" if h == 1 else f"exactly {h} `[MASK]`s"
+    same = ("the same windows, tokens and contexts as the table above; only the masks after t differ" if h == 1 else
+            f"windows of {fixed['window']} tokens, to leave room for the masks")
+    columns = {}
+    for key, where in (("perplexity", "validation"), ("test_perplexity", "test"), ("ood_perplexity", "out of domain")):
+        columns[f"{where}: masks to the window end"] = _stat(lambda r, key=key: r.get(key))
+        columns[f"{where}: {h} trailing mask" + ("s" if h != 1 else "")] = _stat(
+            lambda r, key=key: _metric(r, f"fixed_masks.{key}"))
+    return ["", "**Masked models: the prefix perplexity read two ways.** The table above reads token t of a masked "
+                "model from the prefix followed by `[MASK]` at every later position of its window, so the number of "
+                "masks tells the model how many tokens remain before the window ends (and, in a text's last window, "
+                "where the text ends), which a left-to-right generator never knows. The second reading gives the "
+                f"same checkpoints {masks} after the prefix for every token, so the input's length says nothing "
+                f"about the text ({same}). AR and semi-AR are not in this table: their query stream sees no masks.",
+            "", *_table(measured, columns)]
+
+
 def _generation_section(by_cell: dict[str, list[dict]], out: Path) -> list[str]:
     test = any("test_perplexity" in r for rs in by_cell.values() for r in rs)
     lines = ["## Prefix perplexity (the paper's Table 8)", "", *_table(by_cell, {
@@ -670,7 +810,7 @@ def _generation_section(by_cell: dict[str, list[dict]], out: Path) -> list[str]:
         "tokens scored (validation / " + ("test / " if test else "") + "out)": lambda rs: " / ".join(
             str(rs[0].get(key, "-")) for key in ("tokens_scored", *(("test_tokens_scored",) if test else ()),
                                                   "ood_tokens_scored")),
-    }), *_costs_lines(by_cell)]
+    }), *_costs_lines(by_cell), *_fixed_masks_lines(by_cell)]
     from .perplexity import plot_prefix_curves
 
     plot_prefix_curves({cell: rs[0] for cell, rs in by_cell.items()}, out / "prefix_perplexity.png",
@@ -729,20 +869,26 @@ def _plot_bars(values: dict[str, float], path: Path, ylabel: str) -> None:
     plt.close(figure)
 
 
+def _load_runs(out: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(Path(out).glob("*/*.json"))]
+
+
 def summarise(out: Path, quick: bool, definitions: Definitions | None = None) -> str:
     """Write ``RESULTS.md`` and the plots from the JSON files alone (judged by the pre-registered comparisons of
     ``definitions``, default the shipped ones); return the markdown."""
     lines = ["# Results", "", "Generated by `genssl reproduce` from the JSON files next to this file.", ""]
     if quick:
         lines += ["**Quick mode: a smoke test with a few steps. These numbers are not evidence.**", ""]
-    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/*.json"))]
+    runs = _load_runs(out)
     if runs:
         scales = sorted({r.get("scale_name") or "unrecorded" for r in runs})
         lines += [(f"Scale: {', '.join(scales)} (defined in `hf_genssl/configs/experiments/reproduce.yaml`). "
                    f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`. "
                    "± is the sample standard deviation (ddof = 1) over seeds."), ""]
         by_experiment = {experiment: _by_cell(runs, experiment) for experiment in EXPERIMENTS}
-        lines += _claims_section(judge_comparisons(runs, definitions=definitions), by_experiment)
+        definitions = definitions or load_definitions()
+        lines += _claims_section(judge_comparisons(runs, definitions=definitions), by_experiment,
+                                 definitions.borderline)
     if classification := _by_cell(runs, "classification"):
         lines += _classification_section(classification)
     if generation := _by_cell(runs, "generation"):
@@ -809,7 +955,8 @@ def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: boo
     ``glue_tasks`` (downloaded from the Hub), in cells that have not run yet: use a fresh ``out_dir`` for it.
     ``definitions`` defaults to the shipped ones (:func:`load_definitions`). ``cells`` runs only the named cells
     and controls (e.g. the cheap controls ``("bag_of_words", "majority", "raw_pixels", "vit_majority")``);
-    RESULTS.md still reports every cell found.
+    RESULTS.md still reports every cell found. After the scale's seeds, the cells of the claims the definitions'
+    ``borderline`` rule finds borderline run its extra seeds (:func:`borderline_cells`).
     """
     unknown = set(experiments) - set(RUNNERS)
     if unknown:
@@ -826,8 +973,15 @@ def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: boo
     chosen = replace(definitions.scales[name], name=name, only=tuple(cells))
     out = Path(out_dir or default_out(name))
     out.mkdir(parents=True, exist_ok=True)
+    options = {"classification": {"glue": glue}}
     for experiment in EXPERIMENTS:
         if experiment in experiments:
-            options = {"glue": glue} if experiment == "classification" else {}
-            RUNNERS[experiment](out, chosen, cache_dir, definitions, **options)
+            RUNNERS[experiment](out, chosen, cache_dir, definitions, **options.get(experiment, {}))
+    # The pre-registered borderline rule: the cells of claims borderline on the scale's seeds run more seeds.
+    extended = {experiment: cells for experiment, cells in borderline_cells(_load_runs(out), definitions).items()
+                if experiment in experiments}
+    if extended:
+        longer = replace(chosen, extended=extended, extended_seeds=definitions.borderline.seeds)
+        for experiment in extended:
+            RUNNERS[experiment](out, longer, cache_dir, definitions, **options.get(experiment, {}))
     return summarise(out, quick, definitions)

@@ -24,6 +24,14 @@ The rule, for a claim "cell A beats cell B" on a metric:
 
 With 3 seeds (2 degrees of freedom) a claim needs |t| > 4.3 to reach p < 0.05 before correction, and more after
 it: few small-scale differences survive, which is the honest reading of 3 seeds, not a defect of the rule.
+
+Borderline claims get more seeds, once (:func:`is_borderline`; the thresholds are pre-registered in ``genssl
+reproduce``'s definitions, key ``borderline``): a claim judged on the run's seeds with uncorrected p below the
+threshold (0.2) but Holm-corrected p >= 0.05 is *borderline*; its two cells run more seeds (5) and it is judged
+again on them, in the same Holm family as the others (which keep their seeds). A claim still undecided then
+stays inconclusive: there is no third look. Deciding to add seeds after looking at p is a two-stage design whose
+false-"held" rate is somewhat above the nominal 5% (the second look reuses the first seeds); the rule is fixed
+before the runs so that it cannot be tuned to a result.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-__all__ = ["ALPHA", "Comparison", "compare_paired", "format_p", "format_t", "holm", "judge", "sample_sd"]
+__all__ = ["ALPHA", "Comparison", "compare_paired", "format_p", "format_t", "holm", "is_borderline", "judge",
+           "sample_sd"]
 
 ALPHA = 0.05
 """Family-wise error rate of one run's verdicts (after the Holm correction)."""
@@ -157,3 +166,9 @@ def judge(comparisons: Sequence[Comparison], alpha: float = ALPHA) -> list[Compa
             verdict = "held" if comparison.effect > 0 else "not held"
         judged.append(replace(comparison, p_holm=p_holm, verdict=verdict))
     return judged
+
+
+def is_borderline(comparison: Comparison, p_below: float, alpha: float = ALPHA) -> bool:
+    """Whether a judged comparison (one of :func:`judge`'s results) is close but undecided: uncorrected
+    ``p < p_below`` and Holm-corrected ``p >= alpha``. Pending comparisons are not borderline (no test yet)."""
+    return not comparison.pending and comparison.p < p_below and comparison.p_holm >= alpha

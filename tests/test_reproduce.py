@@ -31,7 +31,8 @@ def test_reproduce_writes_results_from_json_and_resumes(tmp_path, monkeypatch):
         generation_cells={k: shipped.generation_cells[k] for k in ("masked_0.15", "variable_0.1-0.9")},
         vision_classification_cells={k: shipped.vision_classification_cells[k] for k in ("vit_ar", "vit_semi_ar_g2")},
         vision_generation_cells={k: shipped.vision_generation_cells[k] for k in ("vit_masked_0.75",
-                                                                                  "vit_variable_0.1-0.9")})
+                                                                                  "vit_variable_0.1-0.9")},
+        borderline=None)  # 2 seeds of micro runs are often "borderline": the rule has its own tests below
     text = reproduce.run_reproduce(str(tmp_path / "results"), quick=True, cache_dir=cache, definitions=definitions)
 
     assert "not evidence" in text and "fine-tunes better than AR" in text and "variable mask ratio" in text
@@ -255,6 +256,84 @@ def test_claims_are_holm_corrected_together_and_best_of_is_chosen_on_its_own_met
     assert judged[1].result.verdict == "not a verdict"
 
 
+BORDERLINE_RULE = reproduce.BorderlineRule(p_below=0.2, seeds=5)
+SPEC_CD = reproduce.ComparisonSpec("c beats d", "classification", "c", "d", "average", True)
+# a beats b by 0.02, 0.04, 0.01 on seeds 0-2 (paired t(2) = 2.65, p = 0.118: borderline next to c / d's clear win,
+# which Holm ranks first); seeds 3-4 add 0.03, 0.02 (t(4) = 4.71, p = 0.009: held). c / d's seed 3 is a reversal
+# that must not count: c / d is not borderline, so it keeps seeds 0-2.
+BORDERLINE_VALUES = {("a", 0): 0.82, ("a", 1): 0.84, ("a", 2): 0.81, ("a", 3): 0.83, ("a", 4): 0.82,
+                     ("b", 0): 0.80, ("b", 1): 0.80, ("b", 2): 0.80, ("b", 3): 0.80, ("b", 4): 0.80,
+                     ("c", 0): 0.90, ("c", 1): 0.91, ("c", 2): 0.89, ("c", 3): 0.10,
+                     ("d", 0): 0.40, ("d", 1): 0.40, ("d", 2): 0.40, ("d", 3): 0.90}
+
+
+def _borderline_runs(seeds_of: dict[str, int]) -> list[dict]:
+    return [{"experiment": "classification", "cell": cell, "seed": seed, "average": value, "scale_name": "small"}
+            for (cell, seed), value in BORDERLINE_VALUES.items() if seed < seeds_of[cell]]
+
+
+def test_a_borderline_claim_is_judged_again_on_five_seeds_of_its_cells_and_the_others_keep_three():
+    """The pre-registered rule, on numbers whose answer is known: on seeds 0-2, a / b has p = 0.118 < 0.2 and Holm
+    p >= 0.05 (borderline), so it is pending until seeds 3-4 exist, then judged on 0-4 (held); c / d, held on
+    0-2, is not extended and ignores its seed 3. Without the rule the same data leave a / b inconclusive."""
+    from scipy import stats
+
+    definitions = dataclasses.replace(reproduce.load_definitions(), borderline=BORDERLINE_RULE,
+                                      comparisons=(SPEC, SPEC_CD))
+    assert definitions.scales["small"].seeds == 3
+    three = _borderline_runs({"a": 3, "b": 3, "c": 4, "d": 4})
+    ab, cd = reproduce.judge_comparisons(three, definitions=definitions)
+    first_p = stats.ttest_rel([0.82, 0.84, 0.81], [0.80, 0.80, 0.80]).pvalue
+    assert ab.first_look.p == pytest.approx(first_p) and 0.05 < first_p < 0.2
+    assert ab.first_look.p_holm == pytest.approx(first_p)  # Holm: the second of two p-values, times 1
+    assert ab.result.verdict == "pending" and "borderline on 3 seeds (p = 0.118" in ab.result.reason
+    assert "3 paired so far" in ab.result.reason
+    assert cd.first_look is None and cd.result.verdict == "held" and cd.result.seeds == (0, 1, 2)
+    assert reproduce.borderline_cells(three, definitions) == {"classification": ("a", "b")}
+
+    five = _borderline_runs({"a": 5, "b": 5, "c": 4, "d": 4})
+    ab, cd = reproduce.judge_comparisons(five, definitions=definitions)
+    assert ab.result.seeds == (0, 1, 2, 3, 4) and ab.result.verdict == "held"
+    assert ab.result.p == pytest.approx(stats.ttest_rel([0.82, 0.84, 0.81, 0.83, 0.82], [0.80] * 5).pvalue)
+    assert ab.first_look.p == pytest.approx(first_p)  # the first look is still reported
+    assert cd.result.seeds == (0, 1, 2) and cd.result.verdict == "held"
+    without = dataclasses.replace(definitions, borderline=None)
+    ab, _ = reproduce.judge_comparisons(five, definitions=without)
+    assert ab.result.verdict == "inconclusive" and ab.first_look is None and ab.result.seeds == (0, 1, 2)
+
+
+def test_the_runner_schedules_the_extra_seeds_of_borderline_claims_only(tmp_path, monkeypatch):
+    """run_reproduce runs every cell for the scale's 3 seeds, then seeds 3-4 for the two cells of the borderline
+    claim (a, b) and nothing more; RESULTS.md judges it on 5 seeds and says it was borderline on 3."""
+    runs = []
+
+    def runner(out, scale, cache_dir, definitions, **options):
+        for run in reproduce._pending(out, "classification", definitions.classification_cells, scale):
+            runs.append((run.cell, run.seed))
+            value = BORDERLINE_VALUES.get((run.cell, run.seed), 0.5)
+            run.record("fake", scores={"task": value}, average=value,
+                       label_connectivity={"k": 10, "knn_accuracy": value, "same_class_fraction": value})
+
+    for experiment in reproduce.EXPERIMENTS:
+        monkeypatch.setitem(reproduce.RUNNERS, experiment, runner)
+    shipped = reproduce.load_definitions()
+    definitions = dataclasses.replace(
+        shipped, classification_cells={cell: {"objective": "ar"} for cell in "abcd"}, classification_controls={},
+        comparisons=(SPEC, SPEC_CD), borderline=BORDERLINE_RULE,
+        scales={"small": reproduce.Scale({}, 1, 8, 1, seeds=3)})
+    text = reproduce.run_reproduce(str(tmp_path), scale="small", experiments=("classification",),
+                                   definitions=definitions)
+    assert sorted(runs) == sorted([(cell, seed) for cell in "abcd" for seed in range(3)] +
+                                  [(cell, seed) for cell in "ab" for seed in (3, 4)])
+    row = next(line for line in text.splitlines() if line.startswith("| a beats b |"))
+    assert "**held**" in row and "| 0, 1, 2, 3, 4 (borderline on 0, 1, 2: p = 0.118, Holm p = 0.118) |" in row
+    assert "a 0.824 ± 0.011 vs b 0.800 ± 0.000" in row  # the means of the seeds tested
+    assert "is **borderline**: its two cells run 5 seeds" in text
+    runs.clear()
+    reproduce.run_reproduce(str(tmp_path), scale="small", experiments=("classification",), definitions=definitions)
+    assert runs == []  # resumed: nothing left to run
+
+
 def test_resuming_into_a_folder_of_another_scale_is_refused(tmp_path):
     """Finished cells are skipped on resume, so a small-scale JSON must not pass for a default-scale cell."""
     (tmp_path / "classification").mkdir()
@@ -304,6 +383,64 @@ def test_cells_flag_runs_only_the_named_cells_and_refuses_unknown_ones(tmp_path,
     assert not (tmp_path / "never").exists()
     assert cli.main(["reproduce", "--scale", "small", "--out", str(tmp_path / "never"), "--cells", "nope"]) == 2
     assert "Unknown cells ['nope']" in capsys.readouterr().err
+
+
+def test_masked_generation_cells_record_the_fixed_masks_perplexity_and_old_jsons_are_topped_up(tmp_path, monkeypatch,
+                                                                                              tokenizer):
+    """A masked generation cell records its prefix perplexity read with one trailing [MASK] (equal to
+    `prefix_perplexity(..., trailing_masks=1)` on each split), beside the default reading; a JSON written before
+    that measurement existed gets only the new one (computed from its checkpoint: its other numbers are kept, its
+    seconds add up); an AR cell is not rerun for it. RESULTS.md shows both readings side by side."""
+    import torch
+
+    from hf_genssl import GenSSLForPreTraining
+    from hf_genssl.perplexity import prefix_perplexity
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = GenSSLForPreTraining(tiny_config(vocab_size=len(tokenizer), content_attention="bidirectional",
+                                             initializer_range=0.5)).eval()
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    texts = {"in_domain": ["the man said that he would not be there", "she had been there before"],
+             "test": ["it was one of them", "he would not say"], "out_of_domain": ["she said it was there"],
+             "passages": ["the man said that he would not be there", "she had been there before"]}
+    monkeypatch.setattr(reproduce, "_held_out_texts", lambda scale, cache_dir: texts)
+    monkeypatch.setattr(reproduce, "_pretrain", lambda out, run, cache_dir: str(checkpoint))
+    definitions = reproduce.load_definitions()
+    scale = reproduce.Scale({}, 1, 8, 1, seeds=1, name="small", only=("masked_0.15",))
+    out = tmp_path / "results"
+    reproduce.run_generation(out, scale, None, definitions)
+    path = out / "generation" / "masked_0.15-seed0.json"
+    record = json.loads(path.read_text())
+    fixed = record["fixed_masks"]
+    assert fixed["trailing_masks"] == definitions.trailing_masks == 1 and fixed["window"] == record["window"]
+    for key, split in (("perplexity", "in_domain"), ("test_perplexity", "test"), ("ood_perplexity", "out_of_domain")):
+        expected = prefix_perplexity(model, texts[split], tokenizer, trailing_masks=1)
+        assert fixed[key] == pytest.approx(expected.perplexity, rel=1e-5), key
+    assert fixed["tokens_scored"] == record["tokens_scored"]  # one mask: the same tokens, the same contexts
+    assert abs(fixed["perplexity"] - record["perplexity"]) > 0.01 * record["perplexity"]  # another reading
+
+    old = {key: value for key, value in record.items() if key != "fixed_masks"}
+    old.update(perplexity=12345.0, seconds=1000.0)  # a sentinel: kept only if nothing else is recomputed
+    path.write_text(json.dumps(old))
+    reproduce.run_generation(out, scale, None, definitions)
+    topped_up = json.loads(path.read_text())
+    assert topped_up["perplexity"] == 12345.0 and topped_up["seconds"] > 1000.0
+    for key in ("perplexity", "test_perplexity", "ood_perplexity"):
+        assert topped_up["fixed_masks"][key] == pytest.approx(fixed[key], rel=1e-6), key
+    assert topped_up["connectivity"] == record["connectivity"]
+    ar = {**old, "cell": "ar", "settings": {"objective": "ar"}}
+    (out / "generation" / "ar-seed0.json").write_text(json.dumps(ar))
+    cells = {"ar": {"objective": "ar"}, "masked_0.15": definitions.generation_cells["masked_0.15"]}
+    assert list(reproduce._pending(out, "generation", cells, dataclasses.replace(scale, only=()))) == []
+
+    text = reproduce.summarise(out, quick=False, definitions=definitions)
+    assert "the prefix perplexity read two ways" in text and "validation: 1 trailing mask" in text
+    row = [line for line in text.splitlines() if line.startswith("| masked_0.15 (1 seed) | ")][-1]
+    assert row.split(" | ")[1:3] == ["12345.000", f"{fixed['perplexity']:.3f}"]  # validation, both readings
+    assert row.endswith(f" | {fixed['ood_perplexity']:.3f} |")
 
 
 def test_report_only_rewrites_results_md_from_the_json_files_and_runs_nothing(tmp_path, monkeypatch, capsys):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
-from hf_genssl.stats import compare_paired, holm, judge, sample_sd
+from hf_genssl.stats import Comparison, compare_paired, holm, is_borderline, judge, sample_sd
 
 T_975_DF2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom (tables)
 
@@ -117,3 +118,15 @@ def test_describe_names_the_test_p_value_interval_and_seeds():
     text = judged.describe()
     assert "effect +0.100 [95% CI +0.075, +0.125]" in text and "paired t-test t(2) = 17.32" in text
     assert "p = 0.003" in text and "Holm p = 0.003" in text and "seeds 0, 1, 2" in text
+
+
+def test_borderline_is_uncorrected_p_below_the_threshold_and_corrected_p_not_below_alpha():
+    close = Comparison("a", "b", (0, 1, 2), effect=0.02, ci_low=-0.01, ci_high=0.05, sd=0.01, t=2.6, p=0.12,
+                       p_holm=0.36, verdict="inconclusive")
+    assert is_borderline(close, p_below=0.2)
+    assert not is_borderline(replace(close, p=0.2), p_below=0.2)  # the threshold itself is not below it
+    assert not is_borderline(replace(close, p=0.3, p_holm=0.9), p_below=0.2)  # far: stays inconclusive
+    assert not is_borderline(replace(close, p=0.01, p_holm=0.049), p_below=0.2)  # decided on the first look
+    assert is_borderline(replace(close, p=0.01, p_holm=0.05), p_below=0.2)  # corrected p = alpha is not < alpha
+    assert is_borderline(replace(close, effect=-0.02, p=0.1, p_holm=0.3), p_below=0.2)  # either direction
+    assert not is_borderline(Comparison("a", "b", (0,), reason="pending"), p_below=0.2)  # nothing tested yet

@@ -276,6 +276,7 @@ def test_compiled_training_forward_compiles_once():
     model = GenSSLForPreTraining._from_config(tiny_config(), attn_implementation="sdpa").train()
     collator = DataCollatorForSemiAutoregressiveLM(bos_token_id=1, pad_token_id=0, group_size=2, seed=0)
     compiled = torch.compile(model, backend="eager")  # dynamo's guards without inductor's compile time
+    torch._dynamo.reset()  # graphs of other tests' models (same forward code, other instances) would count
     with torch._dynamo.config.patch(error_on_recompile=True):
         for start in (10, 20, 30):
             batch = collator([list(range(start, start + 30)), list(range(start + 40, start + 60))])

@@ -629,6 +629,12 @@ def _pretrained_model(cfg: PretrainConfig, tokenizer, objective: Objective):
         raise ValueError(f"model_name_or_path={path!r} is a {found!r} checkpoint; objective {cfg.objective!r} needs "
                          f"a {wanted.model_type!r} one.")
     config = wanted.from_pretrained(path)
+    if objective.modality == "image":  # the collators cut patches by the run's config, the model by its own
+        differ = [f"{key} {getattr(cfg, key)} (checkpoint: {getattr(config, key)})"
+                  for key in ("image_size", "patch_size", "num_channels") if getattr(cfg, key) != getattr(config, key)]
+        if differ:
+            raise ValueError(f"model_name_or_path={path!r} was pretrained on other patches: this run has "
+                             f"{', '.join(differ)}; set them to the checkpoint's.")
     config.content_attention = objective.content_attention
     model_class = GenSSLViTForPreTraining if objective.modality == "image" else GenSSLForPreTraining
     model = model_class.from_pretrained(path, config=config)

@@ -348,3 +348,59 @@ def test_two_process_streaming_run_gives_each_rank_disjoint_blocks_that_cover_th
     assert held and train_lines == [line for line in lines if not held_out(line)]
     assert sorted(train_lines + held) == lines
 
+
+@pytest.mark.slow
+def test_continuing_a_vit_checkpoint_starts_from_its_weights(tmp_path):
+    """`model_name_or_path` with a ViT objective: under the same objective, step 0 of the continued run is the
+    checkpoint's own last validation loss; under another one (semi-AR -> variable masking, causal -> bidirectional),
+    it is the checkpoint's weights evaluated here on the same validation images with the same collator seed."""
+    from hf_genssl.image_collators import DataCollatorForVariableLengthImageMasking
+    from hf_genssl.models.modeling_genssl_vit import GenSSLViTForPreTraining
+
+    cache = os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache")
+    base = {"image_dataset": "mnist_5k", "max_images": 64, "hidden_size": 32, "num_hidden_layers": 2, "batch_size": 16,
+            "eval_every": 4, "eval_batches": 2, "log_every": 4, "save_every": 1000, "progress": False,
+            "mixed_precision": "no", "mask_ratio_range": [0.25, 0.75], "cache_dir": cache}
+    semi_ar = run_pretraining("vit_tiny", {**base, "objective": "vit_semi_ar", "max_steps": 4,
+                                           "output_dir": str(tmp_path / "semi_ar")})
+    again = run_pretraining("vit_tiny", {**base, "objective": "vit_semi_ar", "max_steps": 1,
+                                         "model_name_or_path": semi_ar["final_dir"],
+                                         "output_dir": str(tmp_path / "again")})
+    assert again["history"][0] == {"step": 0, "val_loss": semi_ar["final_val_loss"]}
+
+    masked = run_pretraining("vit_tiny", {**base, "objective": "vit_variable_masked", "max_steps": 1,
+                                          "model_name_or_path": semi_ar["final_dir"],
+                                          "output_dir": str(tmp_path / "masked")})
+    assert masked["history"][0]["step"] == 0
+    from hf_genssl.data.images import image_arrays
+
+    images = torch.from_numpy(image_arrays("mnist_5k", cache)["test"][0][:32].copy()).float().div(255.0)[:, None]
+
+    def loss_of(model) -> float:
+        collator = DataCollatorForVariableLengthImageMasking(patch_size=4, mask_ratio_range=(0.25, 0.75), seed=1234)
+        with torch.no_grad():
+            return torch.stack([model.eval()(**collator([{"pixel_values": p} for p in images[i : i + 16]]),
+                                             only_target_logits=True).loss for i in (0, 16)]).mean().item()
+
+    checkpoint = GenSSLViTForPreTraining.from_pretrained(semi_ar["final_dir"], content_attention="bidirectional")
+    assert checkpoint.config.content_attention == "bidirectional"
+    fresh = GenSSLViTForPreTraining(checkpoint.config)
+    assert masked["history"][0]["val_loss"] == pytest.approx(loss_of(checkpoint), rel=1e-5)
+    assert masked["history"][0]["val_loss"] != pytest.approx(loss_of(fresh), rel=1e-2)
+
+
+def test_continuing_a_vit_checkpoint_with_other_patches_is_a_one_line_error(tmp_path):
+    """The collators cut patches by the run's config, the model by its own: a mismatch used to fail at the first
+    step with a shape error about group_ids."""
+    from hf_genssl.models.configuration_genssl_vit import GenSSLViTConfig
+    from hf_genssl.models.modeling_genssl_vit import GenSSLViTForPreTraining
+
+    GenSSLViTForPreTraining(GenSSLViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=32,
+                                            num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+                            ).save_pretrained(tmp_path / "checkpoint")
+    with pytest.raises(ValueError, match=r"other patches: this run has patch_size 7 \(checkpoint: 4\); set them") as e:
+        run_pretraining("vit_tiny", {"image_dataset": "mnist_5k", "max_images": 64, "max_steps": 1, "progress": False,
+                                     "patch_size": 7, "model_name_or_path": str(tmp_path / "checkpoint"),
+                                     "cache_dir": os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache"),
+                                     "output_dir": str(tmp_path / "run")})
+    assert "\n" not in str(e.value)

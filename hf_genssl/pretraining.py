@@ -96,6 +96,7 @@ class PretrainConfig:
     max_docs: int | None = None
     dataset_name: str | None = None  # a Hub dataset (or a folder saved with save_to_disk)
     dataset_config_name: str | None = None
+    dataset_revision: str | None = None  # the Hub dataset's branch, tag or commit (a commit makes the run repeatable)
     train_files: str | list[str] | None = None  # txt / json / jsonl / csv / parquet files, globs allowed
     validation_files: str | list[str] | None = None
     text_column: str = "text"

@@ -389,6 +389,60 @@ def test_continuing_a_vit_checkpoint_starts_from_its_weights(tmp_path):
     assert masked["history"][0]["val_loss"] != pytest.approx(loss_of(fresh), rel=1e-2)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_dataset_is_asked_for_by_name_config_revision_and_mode_and_its_splits_are_pretrained_on(
+        tmp_path, monkeypatch, streaming):
+    """`dataset_name` against the Hub, mocked at the `datasets.load_dataset` boundary (the Hub is unreachable here and
+    tests/fake_hub.py serves model repos only): the call carries the name, config, revision, mode and our cache, every
+    split is asked for (no `split=`), and the run tokenizes exactly the Hub documents: `train` for training, the
+    dataset's own `validation` split (no hold-out) for evaluation."""
+    import datasets
+
+    hub_train = [f"Hub training document {i}: {text}" for i, text in enumerate(TEXTS[:100])]
+    hub_validation = [f"Hub validation document {i}: {text}" for i, text in enumerate(TEXTS[100:])]
+    calls = []
+
+    def load_dataset(path, name=None, **kwargs):
+        calls.append({"path": path, "name": name, **kwargs})
+        splits = datasets.DatasetDict({
+            "train": datasets.Dataset.from_dict({"id": list(range(100)), "body": hub_train}),
+            "validation": datasets.Dataset.from_dict({"id": list(range(20)), "body": hub_validation})})
+        if kwargs.get("streaming"):
+            return datasets.IterableDatasetDict({k: v.to_iterable_dataset(num_shards=2) for k, v in splits.items()})
+        return splits
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    tokenized: list[str] = []
+    tokenize = pretraining_data.TokenizeAndGroup.__call__
+    monkeypatch.setattr(pretraining_data.TokenizeAndGroup, "__call__",
+                        lambda self, batch: tokenized.extend(batch["body"]) or tokenize(self, batch))
+
+    result = run_pretraining({**TINY, "dataset_name": "someone/corpus", "dataset_config_name": "en",
+                              "dataset_revision": "0123abcd", "text_column": "body", "streaming": streaming,
+                              "max_steps": 2, "eval_every": 2, "cache_dir": str(tmp_path / "cache"),
+                              "output_dir": str(tmp_path / "run")})
+    assert calls == [{"path": "someone/corpus", "name": "en", "revision": "0123abcd", "streaming": streaming,
+                      "cache_dir": str(tmp_path / "cache" / "hf_datasets")}]
+    assert result["data"] == "someone/corpus/en@0123abcd" and result["steps"] == 2
+    assert result["final_val_loss"] == pytest.approx(result["final_val_loss"])  # evaluated, not NaN
+    # tokenized: all of train (a stream: its first 1000-document batch) and all of validation, nothing else
+    assert sorted(tokenized) == sorted(hub_train + hub_validation)
+
+
+def test_the_hub_revision_is_part_of_the_tokenizer_cache_key_and_needs_a_hub_dataset(tmp_path):
+    pinned = cfg_for(tmp_path, dataset_name="someone/corpus", dataset_revision="0123abcd")
+    other = cfg_for(tmp_path, dataset_name="someone/corpus", dataset_revision="4567ef01")
+    assert pretraining_data._tokenizer_key(pinned) != pretraining_data._tokenizer_key(other)
+    with pytest.raises(ValueError, match="dataset_revision needs dataset_name"):
+        load_text_sources(cfg_for(tmp_path, dataset_revision="0123abcd"))
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": TEXTS}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(ValueError, match="dataset_revision is for Hub datasets; .*saved is a folder"):
+        load_text_sources(cfg_for(tmp_path, dataset_name=str(tmp_path / "saved"), dataset_revision="0123abcd"))
+
+
 def test_continuing_a_vit_checkpoint_with_other_patches_is_a_one_line_error(tmp_path):
     """The collators cut patches by the run's config, the model by its own: a mismatch used to fail at the first
     step with a shape error about group_ids."""

@@ -5,7 +5,8 @@ Sources follow transformers' ``run_clm`` / ``run_mlm`` examples (config fields o
 :class:`hf_genssl.pretraining.PretrainConfig`, so also ``--override`` flags), first match wins:
 
 * ``texts``: an in-memory list (tests);
-* ``dataset_name`` (+ ``dataset_config_name``): a Hub dataset, or a folder saved with ``save_to_disk``;
+* ``dataset_name`` (+ ``dataset_config_name``, ``dataset_revision``): a Hub dataset (every split of it:
+  ``train`` for training, ``validation`` when it has one), or a folder saved with ``save_to_disk``;
 * ``train_files`` (+ ``validation_files``): local txt / json / jsonl / csv / parquet files, globs allowed;
 * otherwise ``corpus``: the built-in offline corpora (:func:`hf_genssl.data.load_pretraining_corpus`), read
   through the same ``datasets`` path.
@@ -131,7 +132,7 @@ def _data_identity(cfg) -> dict:
     if cfg.texts is not None:
         return {"texts": hashlib.sha256(json.dumps(list(cfg.texts)).encode()).hexdigest()}
     if cfg.dataset_name:
-        return {"dataset": cfg.dataset_name, "config": cfg.dataset_config_name}
+        return {"dataset": cfg.dataset_name, "config": cfg.dataset_config_name, "revision": cfg.dataset_revision}
     if cfg.train_files:
         return {"files": [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns)
                           for f in _expand_files(cfg.train_files, "train_files")], "sample_by": cfg.sample_by}
@@ -205,6 +206,8 @@ def load_text_sources(cfg, streaming: bool = False) -> tuple[Any, Any, str]:
 
     cache = os.path.join(cfg.cache_dir, "hf_datasets") if cfg.cache_dir else None
     files: list[str] = []
+    if cfg.dataset_revision and not cfg.dataset_name:
+        raise ValueError("dataset_revision needs dataset_name (a Hub dataset).")
     if cfg.texts is not None:
         if cfg.text_column != "text":
             raise ValueError("texts= gives a 'text' column; leave text_column at 'text'.")
@@ -215,15 +218,20 @@ def load_text_sources(cfg, streaming: bool = False) -> tuple[Any, Any, str]:
     elif cfg.dataset_name:
         if cfg.train_files:
             raise ValueError("Give dataset_name or train_files, not both.")
-        name = cfg.dataset_name + (f"/{cfg.dataset_config_name}" if cfg.dataset_config_name else "")
+        name = cfg.dataset_name + (f"/{cfg.dataset_config_name}" if cfg.dataset_config_name else "") + (
+            f"@{cfg.dataset_revision}" if cfg.dataset_revision else "")
         if os.path.isdir(cfg.dataset_name) and any(
                 os.path.exists(os.path.join(cfg.dataset_name, f)) for f in ("dataset_dict.json", "state.json")):
+            if cfg.dataset_revision:
+                raise ValueError(f"dataset_revision is for Hub datasets; {cfg.dataset_name} is a folder saved with "
+                                 "save_to_disk.")
             splits = load_from_disk(cfg.dataset_name)
             if not isinstance(splits, DatasetDict):
                 splits = DatasetDict({"train": splits})
         else:
             try:
-                splits = load_dataset(cfg.dataset_name, cfg.dataset_config_name, cache_dir=cache, streaming=streaming)
+                splits = load_dataset(cfg.dataset_name, cfg.dataset_config_name, revision=cfg.dataset_revision,
+                                      cache_dir=cache, streaming=streaming)
             except Exception as error:  # offline, unknown name, no network: one line naming the alternatives
                 raise _hub_error(cfg, error) from error
         if "train" not in splits:

@@ -656,22 +656,27 @@ def _pretrained_model(cfg: PretrainConfig, tokenizer, objective: Objective):
 def _validation_loss(model, accelerator, blocks, cfg, tokenizer, objective) -> float:
     """Mean loss over the first ``eval_batches`` validation batches, with a fixed collator seed (comparable runs).
 
-    Every process takes part in the gather, also one whose share of a small validation set is empty (it counts 0
-    batches): returning early there left the others waiting in the collective forever."""
+    Each process evaluates its share of ``blocks`` (the same list on every process), and every process runs the
+    same number of batches: under DDP (buffer broadcast) or FSDP (parameter gathers) a forward is a collective, so
+    a process with fewer batches, or none, left the others waiting forever. A validation set with fewer blocks than
+    processes is evaluated whole by every process."""
     collator = objective.make_collator(cfg, tokenizer, 1234)
+    shares = [blocks[rank :: accelerator.num_processes][: cfg.eval_batches * cfg.batch_size]
+              for rank in range(accelerator.num_processes)]
+    own = shares[accelerator.process_index]
+    batches = min(math.ceil(len(share) / cfg.batch_size) for share in shares)
+    if not batches:
+        own = blocks[: cfg.eval_batches * cfg.batch_size]
+        batches = math.ceil(len(own) / cfg.batch_size)
+    if not batches:
+        return float("nan")
     model.eval()
     losses = []
-    per_process = blocks[accelerator.process_index :: accelerator.num_processes]
-    for i in range(0, min(len(per_process), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collator(per_process[i : i + cfg.batch_size]).items()}
+    for i in range(0, batches * cfg.batch_size, cfg.batch_size):
+        batch = {k: v.to(accelerator.device) for k, v in collator(own[i : i + cfg.batch_size]).items()}
         losses.append(model(**batch, only_target_logits=True).loss)
     model.train()
-    # (this process's mean loss, 1) or (0, 0): the mean over the processes that evaluated something
-    own = torch.zeros(2, device=accelerator.device)
-    if losses:
-        own[0], own[1] = torch.stack(losses).mean().float(), 1.0
-    means, evaluated = accelerator.gather(own[None]).unbind(-1)
-    return (means.sum() / evaluated.sum()).item() if evaluated.sum() else float("nan")
+    return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
 
 
 def _bf16_available() -> bool:

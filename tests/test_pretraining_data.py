@@ -329,11 +329,20 @@ def test_two_process_streaming_run_gives_each_rank_disjoint_blocks_that_cover_th
     script = tmp_path / "launch.py"
     script.write_text(_RECORDING_LAUNCH)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
+    launch = subprocess.Popen(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--main_process_port", str(_free_port()), str(script), json.dumps(config)],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        _, stderr = launch.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # torchrun starts each rank in its own session: kill them by the process tree
+        import psutil
+
+        for process in [*psutil.Process(launch.pid).children(recursive=True), psutil.Process(launch.pid)]:
+            process.kill()
+        pytest.fail(f"the 2-process run did not end in 300 s (a rank waiting in a collective?):\n"
+                    f"{launch.communicate()[1][-3000:]}")
+    assert launch.returncode == 0, stderr[-4000:]
 
     ranks = [json.loads((run / f"seen-{rank}.json").read_text()) for rank in range(2)]
     assert [r["world"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [40, 40]

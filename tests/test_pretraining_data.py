@@ -421,6 +421,7 @@ def test_a_hub_dataset_is_asked_for_by_name_config_revision_and_mode_and_its_spl
             return datasets.IterableDatasetDict({k: v.to_iterable_dataset(num_shards=2) for k, v in splits.items()})
         return splits
 
+    real_load_dataset = datasets.load_dataset
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     tokenized: list[str] = []
     tokenize = pretraining_data.TokenizeAndGroup.__call__
@@ -433,6 +434,11 @@ def test_a_hub_dataset_is_asked_for_by_name_config_revision_and_mode_and_its_spl
                               "output_dir": str(tmp_path / "run")})
     assert calls == [{"path": "someone/corpus", "name": "en", "revision": "0123abcd", "streaming": streaming,
                       "cache_dir": str(tmp_path / "cache" / "hf_datasets")}]
+    # each one a parameter the real load_dataset names (an unknown keyword would fall into its **config_kwargs)
+    import inspect
+
+    named = {p.name for p in inspect.signature(real_load_dataset).parameters.values() if p.kind is not p.VAR_KEYWORD}
+    assert set(calls[0]) <= named, set(calls[0]) - named
     assert result["data"] == "someone/corpus/en@0123abcd" and result["steps"] == 2
     assert result["final_val_loss"] == pytest.approx(result["final_val_loss"])  # evaluated, not NaN
     # tokenized: all of train (a stream: its first 1000-document batch) and all of validation, nothing else

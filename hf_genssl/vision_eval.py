@@ -380,9 +380,7 @@ def load_image_tensors(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{"train": (pixel_values, labels), "test": ...}`` for ``fashion_mnist`` / ``mnist_5k`` (offline data),
     normalised as :func:`images_to_tensors` does."""
-    try:
-        from .data.images import load_image_dataset
-    except ImportError as error:  # written by another issue; not every install has it
-        raise ImportError("hf_genssl.data.images is not available; build tensors with images_to_tensors().") from error
+    from .data.images import load_image_dataset
+
     dataset = load_image_dataset(name, cache_dir=cache_dir, limit=limit)
     return {split: images_to_tensors(dataset[split], mean, std) for split in dataset}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import initialization as init  # init helpers that respect `_is_hf_initialized`
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.loss.loss_utils import ForMaskedLMLoss
 from transformers.modeling_outputs import (
@@ -31,11 +32,6 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
-
-try:  # transformers >= 5: init helpers that respect `_is_hf_initialized`
-    from transformers import initialization as init
-except ImportError:  # transformers 4.x
-    from torch.nn import init
 
 from .configuration_genssl import GenSSLConfig
 from .decoding import group_parallel_generate, unmasking_generate

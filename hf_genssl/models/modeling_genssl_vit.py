@@ -22,13 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init  # init helpers that respect `_is_hf_initialized`
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
-
-try:  # transformers >= 5: init helpers that respect `_is_hf_initialized`
-    from transformers import initialization as init
-except ImportError:  # transformers 4.x
-    from torch.nn import init
 
 from .configuration_genssl_vit import GenSSLViTConfig
 from .modeling_genssl import _register_peft_target_modules

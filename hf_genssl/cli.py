@@ -100,13 +100,11 @@ def _yaml_value(text: str):
     return yaml.safe_load(text)
 
 
-def config_parser(dataclass_type, prog: str, description: str, defaults: dict | None = None,
-                  hidden: tuple[str, ...] = ()):
+def config_parser(dataclass_type, prog: str, description: str, defaults: dict | None = None):
     """A ``transformers.HfArgumentParser`` with one flag per field of ``dataclass_type`` (``--max_steps`` and
     ``--max-steps``) whose result holds only the flags given, so a config file's values are kept unless a flag
     says otherwise. Fields typed as a union of several types (``group_size``: ``2``, ``[2, 3]`` or ``random``)
-    and dict fields take one YAML value. ``defaults`` are CLI defaults for fields (e.g. ``output_dir``); ``hidden``
-    fields are left out of the help."""
+    and dict fields take one YAML value. ``defaults`` are CLI defaults for fields (e.g. ``output_dir``)."""
     import copy
     import dataclasses
     import types
@@ -139,9 +137,7 @@ def config_parser(dataclass_type, prog: str, description: str, defaults: dict | 
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else "required")
         default = (defaults or {}).get(field.name, default)
-        if field.name in hidden:
-            action.help = argparse.SUPPRESS
-        elif action.option_strings and not action.option_strings[0].startswith("--no"):
+        if action.option_strings and not action.option_strings[0].startswith("--no"):
             action.help = f"{dataclass_type.__name__}.{field.name} (default: {default!r})"
     return parser
 
@@ -178,7 +174,7 @@ def _finetune_parser():
 
     return config_parser(FinetuneConfig, "genssl finetune", "Fine-tune a checkpoint on a GLUE-style task with "
                          "transformers' Trainer; every flag is a FinetuneConfig field.",
-                         defaults={"output_dir": "runs/finetune"}, hidden=("extra",))
+                         defaults={"output_dir": "runs/finetune"})
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

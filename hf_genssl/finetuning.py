@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,6 @@ class FinetuneConfig:
     hub_model_id: str | None = None  # required with push_to_hub (``user/name`` or ``name``)
     trust_remote_code: bool = False  # run code shipped with the checkpoint (GenSSL checkpoints never need it)
     report_to: str | list[str] = "none"  # Trainer's integrations: "tensorboard", "wandb", "all", ...
-    extra: dict = field(default_factory=dict)
 
 
 def _sentence_columns(dataset) -> tuple[str, str | None]:
@@ -70,37 +69,58 @@ def _majority_baseline(train_labels, eval_labels, is_regression: bool) -> float 
 def run_finetuning(config: FinetuneConfig | dict) -> dict:
     """Fine-tune, evaluate every epoch, save the model + tokenizer + card, write ``results.json``; return the
     results."""
-    import torch
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import set_seed
 
-    from hf_genssl.data.tasks import check_labels, load_task, task_info
-    from hf_genssl.hub import from_pretrained
-    from hf_genssl.metrics import compute_glue_metric
+    from hf_genssl.data.tasks import task_info
 
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig(**config)
-    if cfg.push_to_hub and not cfg.hub_model_id:
-        raise ValueError("push_to_hub needs hub_model_id (--hub-model-id user/name): the Hub repo is not guessed from "
-                         "the output folder's name.")
+    if cfg.push_to_hub:
+        from hf_genssl.hub import check_hub_model_id
+
+        check_hub_model_id(cfg.push_to_hub, cfg.hub_model_id)
     set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
     info = task_info(cfg.task)
+    train, evaluation, eval_split = _task_splits(cfg, info)
+    model, tokenizer = _model_and_tokenizer(cfg, info)
+    trainer = _trainer(cfg, info, model, tokenizer, train, evaluation)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    per_epoch = [dict(log) for log in trainer.state.log_history if "eval_loss" in log]
+    final = per_epoch[-1] if per_epoch else trainer.evaluate()
+    results = {
+        "task": cfg.task, "metric": info.metric, "eval_split": eval_split, "train_examples": len(train),
+        "eval_examples": len(evaluation), "final": final, "per_epoch": per_epoch, "train_seconds": seconds,
+        "majority_baseline_accuracy": _majority_baseline(list(train["label"]), list(evaluation["label"]),
+                                                         info.is_regression),
+        "config": asdict(cfg),
+    }
+    return _finish(cfg, info, model, tokenizer, results)
+
+
+def _task_splits(cfg: FinetuneConfig, info):
+    """``(train, evaluation, name of the evaluation split)``, labels checked before any model loading or training,
+    subsampled as the config says."""
+    from hf_genssl.data.tasks import check_labels, load_task
+
     data = load_task(cfg.task, cache_dir=cfg.cache_dir)
     eval_split = "validation" if "validation" in data else "test"
     train, evaluation = data["train"], data[eval_split]
-    for split, part in (("train", train), (eval_split, evaluation)):  # before any model loading or training
+    for split, part in (("train", train), (eval_split, evaluation)):
         check_labels(part, split, f"task {cfg.task}", num_labels=None if info.is_regression else info.num_labels)
     if cfg.max_train_samples:
         train = train.shuffle(seed=cfg.seed).select(range(min(cfg.max_train_samples, len(train))))
     if cfg.max_eval_samples:
         evaluation = evaluation.shuffle(seed=cfg.seed).select(range(min(cfg.max_eval_samples, len(evaluation))))
-    first, second = _sentence_columns(train)
+    return train, evaluation, eval_split
+
+
+def _model_and_tokenizer(cfg: FinetuneConfig, info):
+    """The checkpoint with a new sequence-classification head for the task (LoRA adapters if asked), its
+    tokenizer. No code from the checkpoint runs unless ``trust_remote_code``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_genssl.hub import from_pretrained
 
     model_path = Path(cfg.model)
     if model_path.exists() and not any(model_path.glob("*.safetensors")) and not any(model_path.glob("*.bin")):
@@ -118,7 +138,17 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
 
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                                                  target_modules=["q_proj", "v_proj"], modules_to_save=["score"]))
+    return model, tokenizer
 
+
+def _trainer(cfg: FinetuneConfig, info, model, tokenizer, train, evaluation):
+    """A ``Trainer`` over the tokenized splits that evaluates every epoch with the task's GLUE metric."""
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hf_genssl.metrics import compute_glue_metric
+
+    first, second = _sentence_columns(train)
     # One position is kept free for the query row that classifies after the last token.
     max_length = min(cfg.max_length, getattr(model.config, "max_position_embeddings", cfg.max_length + 1) - 1)
 
@@ -126,10 +156,8 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
         texts = (batch[first],) if second is None else (batch[first], batch[second])
         return tokenizer(*texts, truncation=True, max_length=max_length)
 
-    keep = {"label"}
-    train_tok = train.map(tokenize, batched=True, remove_columns=[c for c in train.column_names if c not in keep])
-    eval_tok = evaluation.map(tokenize, batched=True,
-                              remove_columns=[c for c in evaluation.column_names if c not in keep])
+    def tokenized(split):
+        return split.map(tokenize, batched=True, remove_columns=[c for c in split.column_names if c != "label"])
 
     def compute_metrics(prediction):
         logits, labels = prediction
@@ -137,48 +165,39 @@ def run_finetuning(config: FinetuneConfig | dict) -> dict:
         return compute_glue_metric(info.metric, predictions=predictions, references=labels)
 
     args = TrainingArguments(
-        output_dir=str(out / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+        output_dir=str(Path(cfg.output_dir) / "trainer"), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=2 * cfg.batch_size,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, eval_strategy="epoch", save_strategy="no",
         logging_strategy="epoch", report_to=cfg.report_to, seed=cfg.seed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok,
-                      processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=compute_metrics)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    per_epoch = [{k: v for k, v in log.items()} for log in trainer.state.log_history if "eval_loss" in log]
-    final = per_epoch[-1] if per_epoch else trainer.evaluate()
+    return Trainer(model=model, args=args, train_dataset=tokenized(train), eval_dataset=tokenized(evaluation),
+                   processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+                   compute_metrics=compute_metrics)
 
+
+def _finish(cfg: FinetuneConfig, info, model, tokenizer, results: dict) -> dict:
+    """Save ``final/`` (LoRA merged) with its card, write ``results.json``, push when asked. A failed push is
+    recorded in ``results.json`` (``hub_error``) before it is raised."""
+    out = Path(cfg.output_dir)
     if cfg.lora:
         model = model.merge_and_unload()
     final_dir = out / "final"
     model.save_pretrained(final_dir)
     tokenizer.save_pretrained(final_dir)
-    results = {
-        "task": cfg.task, "metric": info.metric, "eval_split": eval_split, "train_examples": len(train),
-        "eval_examples": len(evaluation), "final": final, "per_epoch": per_epoch, "train_seconds": seconds,
-        "majority_baseline_accuracy": _majority_baseline(list(train["label"]), list(evaluation["label"]),
-                                                         info.is_regression),
-        "config": asdict(cfg), "checkpoint": str(final_dir),
-    }
+    results["checkpoint"] = str(final_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     card = _write_card(final_dir, cfg, info, results)
     logger.info("fine-tuned %s on %s: %s", cfg.model, cfg.task,
-                {k: v for k, v in final.items() if k.startswith("eval_")})
+                {k: v for k, v in results["final"].items() if k.startswith("eval_")})
     if cfg.push_to_hub:
-        from hf_genssl.hub import HubPushError, push_checkpoint
+        from hf_genssl.hub import push_finished_run
 
-        try:
-            results["hub_url"] = push_checkpoint(final_dir, cfg.hub_model_id, card=card)
-        except HubPushError as error:  # results and model are saved; the caller (and the CLI's exit status) must know
-            results["hub_error"] = str(error)
-            (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-            raise
+        pushed = push_finished_run(final_dir, cfg.hub_model_id, card=card)
+        results.update({"hub_url": pushed.url} if pushed.error is None else {"hub_error": str(pushed.error)})
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        pushed.raise_error()
     return results
 
 

@@ -17,12 +17,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-__all__ = ["HubPushError", "from_pretrained", "push_checkpoint"]
+__all__ = ["HubPushError", "PushResult", "check_hub_model_id", "from_pretrained", "push_checkpoint",
+           "push_finished_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,40 @@ def push_checkpoint(
         ) from err
     logger.info("Pushed %s to %s (commit %s)", folder, repo_url, commit.oid)
     return str(repo_url)
+
+
+def check_hub_model_id(push_to_hub: bool, hub_model_id: str | None) -> None:
+    """A push needs the repo named (``hub_model_id``): guessed from the output folder it would publish a run called
+    ``final`` or ``pretrain`` under the user's account. Checked before any work, by pretraining and fine-tuning."""
+    if push_to_hub and not hub_model_id:
+        raise ValueError("push_to_hub needs hub_model_id (--hub-model-id user/name): the Hub repo is not guessed from "
+                         "the output folder's name.")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What :func:`push_finished_run` did: the repo's URL, or the error to raise once the caller's own bookkeeping
+    is done."""
+
+    url: str | None = None
+    error: HubPushError | None = None
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def push_finished_run(folder: str | os.PathLike[str], repo_id: str, card: Callable[[str], str] | None = None
+                      ) -> PushResult:
+    """Push the saved final checkpoint of a run (pretraining or fine-tuning) with :func:`push_checkpoint`.
+
+    A :class:`HubPushError` is returned, not raised: the run itself is saved, and the caller first finishes what
+    must happen either way (its results file, the other processes of a distributed run), then calls
+    :meth:`PushResult.raise_error`, so that it, and the CLI's exit status (2), still learn that the push failed."""
+    try:
+        return PushResult(url=push_checkpoint(folder, repo_id, card=card))
+    except HubPushError as error:
+        return PushResult(error=error)
 
 
 def from_pretrained(auto_class, name_or_path: str | os.PathLike[str], *, trust_remote_code: bool = False, **kwargs):

@@ -21,6 +21,7 @@ What the loop guarantees:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 
 from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
-from .data.sources import sha256_file
+from .data.sources import hashes_problem, sha256_file
 
 __all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "parse_overrides", "run_pretraining"]
 
@@ -66,9 +67,30 @@ def _tied_head_save_warning_silenced():
     finally:
         accelerate_logger.removeFilter(quiet)
 
+
+@contextmanager
+def _quiet_accelerate_checkpointing():
+    """Around our own ``save_state`` / ``load_state`` only: Accelerate's INFO lines ("Saving current state to ...",
+    one per saved file, at every checkpoint) are dropped, and the tied head's warning (above).
+
+    Left alone when the user set a level on the ``accelerate`` logger (``genssl -v`` sets DEBUG to see them);
+    outside our calls, a user's Accelerate logging is as they configured it."""
+    accelerate_logger = logging.getLogger("accelerate")
+    quiet = accelerate_logger.level == logging.NOTSET
+    if quiet:
+        accelerate_logger.setLevel(logging.WARNING)
+    try:
+        with _tied_head_save_warning_silenced():
+            yield
+    finally:
+        if quiet:
+            accelerate_logger.setLevel(logging.NOTSET)
+
+
 # Keys that may change between a run and its resumption (they do not change what is trained).
 _RESUMABLE_KEYS = {"output_dir", "log_every", "eval_every", "save_every", "keep_checkpoints", "progress", "cache_dir",
-                   "push_to_hub", "hub_model_id", "ddp_timeout", "report_to"}
+                   "push_to_hub", "hub_model_id", "ddp_timeout", "report_to", "attn_implementation",
+                   "gradient_checkpointing", "compile", "dataloader_num_workers"}
 
 
 @dataclass
@@ -125,6 +147,11 @@ class PretrainConfig:
     mixed_precision: str = "no"  # "auto" (the shipped configs): bf16 where the GPU / CPU has it; `accelerate launch
     # --mixed_precision` wins over this value
     ddp_timeout: int = 1800  # seconds a process waits for the others (torch.distributed's timeout; transformers' name)
+    # how the model computes (never what: a run may resume with other values); names as in transformers
+    attn_implementation: str | None = None  # "sdpa" (the models' default), "eager" or "flex_attention"
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward: less memory, more time
+    compile: bool = False  # torch.compile the model (in place; checkpoints stay interchangeable with eager runs)
+    dataloader_num_workers: int = 0  # processes that collate batches (0: the main process; not with streaming)
     seed: int = 0
     # bookkeeping
     output_dir: str = "runs/pretrain"
@@ -152,7 +179,6 @@ class Objective:
 
     content_attention: str
     make_collator: Callable[[PretrainConfig, Any, int], Any]
-    description: str
     card_name: str  # the objective's name in hf_genssl.model_card.KNOWN_OBJECTIVES
     modality: str = "text"  # "text" (token blocks, GenSSLForPreTraining) or "image" (GenSSLViTForPreTraining)
 
@@ -208,23 +234,19 @@ def _image_masked(fixed: bool):
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "ar": Objective("causal", _semi_ar(lambda cfg: 1), "autoregressive: two streams, one token per group",
-                    "autoregressive"),
-    "semi_ar": Objective("causal", _semi_ar(lambda cfg: cfg.group_size),
-                         "diversity-enhanced semi-autoregressive: groups of `group_size`", "semi_autoregressive"),
-    "masked": Objective("bidirectional", _masked(fixed=True), "masked LM with a fixed ratio (BERT)", "masked"),
-    "variable_masked": Objective("bidirectional", _masked(fixed=False),
-                                 "masked LM with a per-sample ratio from `mask_ratio_range`", "variable_length_masked"),
-    "vit_ar": Objective("causal", _image_semi_ar(lambda cfg: 1), "autoregressive over patches (raster order)",
-                        "autoregressive", "image"),
-    "vit_semi_ar": Objective("causal", _image_semi_ar(lambda cfg: cfg.group_size),
-                             "semi-autoregressive over patches: groups of `group_size` segments", "semi_autoregressive",
-                             "image"),
-    "vit_masked": Objective("bidirectional", _image_masked(fixed=True), "masked image modelling, fixed ratio",
-                            "masked", "image"),
-    "vit_variable_masked": Objective("bidirectional", _image_masked(fixed=False),
-                                     "masked image modelling with a per-image ratio", "variable_length_masked",
-                                     "image"),
+    # autoregressive: two streams, one token per group
+    "ar": Objective("causal", _semi_ar(lambda cfg: 1), "autoregressive"),
+    # diversity-enhanced semi-autoregressive: groups of `group_size`
+    "semi_ar": Objective("causal", _semi_ar(lambda cfg: cfg.group_size), "semi_autoregressive"),
+    # masked LM with a fixed ratio (BERT)
+    "masked": Objective("bidirectional", _masked(fixed=True), "masked"),
+    # masked LM with a per-sample ratio from `mask_ratio_range`
+    "variable_masked": Objective("bidirectional", _masked(fixed=False), "variable_length_masked"),
+    # the same over image patches: raster order (or shuffled segments), groups of `group_size` segments
+    "vit_ar": Objective("causal", _image_semi_ar(lambda cfg: 1), "autoregressive", "image"),
+    "vit_semi_ar": Objective("causal", _image_semi_ar(lambda cfg: cfg.group_size), "semi_autoregressive", "image"),
+    "vit_masked": Objective("bidirectional", _image_masked(fixed=True), "masked", "image"),
+    "vit_variable_masked": Objective("bidirectional", _image_masked(fixed=False), "variable_length_masked", "image"),
 }
 
 
@@ -261,9 +283,9 @@ _POSITIVE_INTS = ("max_steps", "batch_size", "gradient_accumulation_steps", "voc
                   "num_hidden_layers", "num_attention_heads", "log_every", "eval_every", "eval_batches", "save_every",
                   "keep_checkpoints", "image_size", "patch_size", "num_channels", "segment_size", "ddp_timeout")
 _OPTIONAL_POSITIVE_INTS = ("intermediate_size", "max_docs", "max_images")
-_NON_NEGATIVE_INTS = ("warmup_steps", "seed")
+_NON_NEGATIVE_INTS = ("warmup_steps", "seed", "dataloader_num_workers")
 _NON_NEGATIVE_FLOATS = ("weight_decay", "max_grad_norm")
-_BOOLS = ("progress", "push_to_hub", "norm_pix_loss")
+_BOOLS = ("progress", "push_to_hub", "norm_pix_loss", "gradient_checkpointing", "compile")
 
 
 def _is_int(value: Any) -> bool:
@@ -335,6 +357,21 @@ def _check_values(cfg: PretrainConfig) -> None:
     if OBJECTIVES[cfg.objective].modality == "image":
         _check_image_grid(cfg)
     _trackers(cfg)
+    _check_run_settings(cfg)
+
+
+def _check_run_settings(cfg: PretrainConfig) -> None:
+    """The settings of how a run computes and publishes (the types are checked above)."""
+    if cfg.attn_implementation is not None and not isinstance(cfg.attn_implementation, str):
+        raise ValueError(f"attn_implementation must be a name (sdpa, eager, flex_attention) or null, got "
+                         f"{cfg.attn_implementation!r}.")
+    if cfg.streaming and cfg.dataloader_num_workers:
+        raise ValueError("dataloader_num_workers must be 0 with streaming: the stream's saved position counts exactly "
+                         "the examples of the batches handed out, which worker processes reading ahead would not.")
+    if cfg.push_to_hub:
+        from .hub import check_hub_model_id
+
+        check_hub_model_id(cfg.push_to_hub, cfg.hub_model_id)
 
 
 def _trackers(cfg: PretrainConfig) -> list[str] | str | None:
@@ -401,19 +438,32 @@ class _BatchSeededCollator:
     Why: Accelerate's dataloader collates one batch ahead, so a generator state saved with a checkpoint is
     already one batch further than the training; with a seed per batch number, resuming at batch k only needs
     k, and a resumed run draws exactly the group sizes and masks of an uninterrupted one.
+
+    The loop calls :meth:`restart_at` with the number of the next batch before each epoch's iterator exists. With
+    ``dataloader_num_workers = W`` each worker process collates a copy of this object, and worker ``w`` makes
+    batches ``w, w + W, ...`` of the epoch (the DataLoader hands them out in turn), so the batch numbers, and the
+    batches, are the same as with no workers.
     """
 
     def __init__(self, collator, seed: int, start: int = 0):
-        self.collator, self.seed, self.calls = collator, seed, start
+        self.collator, self.seed = collator, seed
+        self.restart_at(start)
+
+    def restart_at(self, batch_number: int) -> None:
+        self.first, self.made = batch_number, 0
 
     def __call__(self, examples):
-        self.collator._generator.manual_seed(self.seed * 1_000_003 + self.calls)
-        self.calls += 1
+        worker = torch.utils.data.get_worker_info()
+        number = (self.first + self.made if worker is None
+                  else self.first + worker.id + self.made * worker.num_workers)
+        self.collator._generator.manual_seed(self.seed * 1_000_003 + number)
+        self.made += 1
         return self.collator(examples)
 
 
-def _image_data(cfg: PretrainConfig):
-    """Images as ``{"pixel_values": (C, H, W) in [0, 1]}`` examples; validation = the dataset's test split."""
+def _image_data(cfg: PretrainConfig, accelerator=None, run_dir: Path | None = None, resuming: bool = False):
+    """Images as ``{"pixel_values": (C, H, W) in [0, 1]}`` examples; validation = the dataset's test split (the
+    other arguments are those of the text data, which images do not need)."""
     from .data.images import image_arrays
     from .data.pretraining_data import PretrainingData
 
@@ -466,13 +516,7 @@ def _manifest_problem(folder: Path) -> str | None:
         return f"its manifest is unreadable ({error})"
     if "trainer_state.json" not in files:
         return "its manifest lists no trainer_state.json"
-    for name, digest in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if sha256_file(path) != digest:
-            return f"{name} does not match its sha256 in the manifest (corrupted)"
-    return None
+    return hashes_problem(folder, files)
 
 
 def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -528,7 +572,7 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, cfg: PretrainConfig,
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    with _tied_head_save_warning_silenced():
+    with _quiet_accelerate_checkpointing():
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -576,11 +620,99 @@ def _resume_log(log_path: Path, step: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# the loop
+# the run, in stages: start (config, Accelerator, resume point) -> build (data, model, collator) -> optimizer ->
+# train loop -> finish (final checkpoint, card, push)
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _image_model(cfg: PretrainConfig, objective: Objective):
+def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict | None = None,
+                    resume: bool = False) -> dict:
+    """Pretrain as ``config`` says; return final metrics and paths. See the module docstring for guarantees."""
+    run = _start(config, overrides, resume)
+    built = _build(run)
+    model, optimizer, scheduler, batches = _prepare(run, built, *_optimizer(run.cfg, built.model))
+    logbook = _Logbook(run)
+    run_start = time.perf_counter()
+    step = _train(run, model, optimizer, scheduler, batches, built, logbook)
+    return _finish(run, model, built, logbook, step, run_start)
+
+
+@dataclass
+class _Run:
+    """What is decided before anything is built: the config, the Accelerator, the run folder and where training
+    starts (the checkpoint resumed, its step and its open logging window)."""
+
+    cfg: PretrainConfig
+    objective: Objective
+    accelerator: Any
+    run_dir: Path
+    checkpoint: Path | None
+    start_step: int
+    log_window: dict
+
+
+def _start(config, overrides: dict | None, resume: bool) -> _Run:
+    """The checked config, the Accelerator, and the resume point: a fresh run refuses a folder that holds one, a
+    resumed run starts from the newest intact checkpoint (newer unusable ones are renamed ``*.unusable``)."""
+    from accelerate.utils import set_seed
+
+    cfg = load_config(config, overrides)
+    # resolved before the fingerprint: resuming an "auto" run on a machine that resolves it differently is refused
+    cfg.mixed_precision = _resolve_precision(cfg)
+    run_dir = Path(cfg.output_dir)
+    accelerator = _accelerator(cfg, run_dir)
+    # Every rank decides from the folder itself (a shared filesystem), so no rank waits for one that refused.
+    if not resume and _holds_a_run(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another "
+                              "output_dir.")
+    checkpoint = _find_checkpoint(run_dir) if resume else None
+    start_step, log_window = _check_resumable(checkpoint, cfg) if checkpoint else (0, {})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for newer_step, unusable in _checkpoint_dirs(run_dir):
+            if checkpoint and newer_step > start_step:  # kept for inspection, out of the way of later saves
+                os.replace(unusable, unusable.with_name(unusable.name + ".unusable"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    set_seed(cfg.seed)
+    return _Run(cfg, OBJECTIVES[cfg.objective], accelerator, run_dir, checkpoint, start_step, log_window)
+
+
+def _accelerator(cfg: PretrainConfig, run_dir: Path):
+    """The run's Accelerator (what ``accelerate launch`` asked for, the config's precision and accumulation)."""
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != cfg.mixed_precision:
+        # a process-wide singleton: an earlier run's precision would refuse this one (Trainer resets it the same way)
+        AcceleratorState._reset_state()
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Step the schedule once per optimizer step ourselves: linked to the optimizer, Accelerate steps it once
+        # per process, which makes an N-process run follow a different schedule than a 1-process run.
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
+        log_with=_trackers(cfg), project_dir=str(run_dir),
+    )
+    _warn_unhonoured_launcher(accelerator)
+    logger.info("precision %s; global batch = %d per process x %d processes x %d accumulation steps = %d examples",
+                cfg.mixed_precision, cfg.batch_size, accelerator.num_processes, cfg.gradient_accumulation_steps,
+                cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps)
+    return accelerator
+
+
+# ------------------------------------------------------------------------------------------------------------
+# models and precision
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _image_model(cfg: PretrainConfig, processor, objective: Objective):
     from .models.configuration_genssl_vit import GenSSLViTConfig
     from .models.modeling_genssl_vit import GenSSLViTForPreTraining
 
@@ -608,7 +740,7 @@ def _model(cfg: PretrainConfig, tokenizer, objective: Objective):
     return GenSSLForPreTraining(config)
 
 
-def _pretrained_model(cfg: PretrainConfig, tokenizer, objective: Objective):
+def _pretrained_model(cfg: PretrainConfig, processor, objective: Objective):
     """A saved GenSSL checkpoint to continue pretraining, possibly under another objective (e.g. AR -> semi-AR).
 
     The checkpoint's architecture wins over the config's model fields; the content stream's attention follows
@@ -639,44 +771,17 @@ def _pretrained_model(cfg: PretrainConfig, tokenizer, objective: Objective):
     config.content_attention = objective.content_attention
     model_class = GenSSLViTForPreTraining if objective.modality == "image" else GenSSLForPreTraining
     model = model_class.from_pretrained(path, config=config)
-    if tokenizer is not None:
+    if objective.modality == "text":
         if cfg.seq_len > config.max_position_embeddings:
             raise ValueError(f"seq_len={cfg.seq_len} exceeds the checkpoint's max_position_embeddings="
                              f"{config.max_position_embeddings}.")
-        if len(tokenizer) != model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
+        if len(processor) != model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(processor))
         for key in ("bos_token_id", "eos_token_id", "pad_token_id", "mask_token_id"):
-            setattr(model.config, key, getattr(tokenizer, key))
+            setattr(model.config, key, getattr(processor, key))
     logger.info("continuing pretraining from %s (%s attention, %d parameters)", path, objective.content_attention,
                 model.num_parameters())
     return model
-
-
-@torch.no_grad()
-def _validation_loss(model, accelerator, blocks, cfg, tokenizer, objective) -> float:
-    """Mean loss over the first ``eval_batches`` validation batches, with a fixed collator seed (comparable runs).
-
-    Each process evaluates its share of ``blocks`` (the same list on every process), and every process runs the
-    same number of batches: under DDP (buffer broadcast) or FSDP (parameter gathers) a forward is a collective, so
-    a process with fewer batches, or none, left the others waiting forever. A validation set with fewer blocks than
-    processes is evaluated whole by every process."""
-    collator = objective.make_collator(cfg, tokenizer, 1234)
-    shares = [blocks[rank :: accelerator.num_processes][: cfg.eval_batches * cfg.batch_size]
-              for rank in range(accelerator.num_processes)]
-    own = shares[accelerator.process_index]
-    batches = min(math.ceil(len(share) / cfg.batch_size) for share in shares)
-    if not batches:
-        own = blocks[: cfg.eval_batches * cfg.batch_size]
-        batches = math.ceil(len(own) / cfg.batch_size)
-    if not batches:
-        return float("nan")
-    model.eval()
-    losses = []
-    for i in range(0, batches * cfg.batch_size, cfg.batch_size):
-        batch = {k: v.to(accelerator.device) for k, v in collator(own[i : i + cfg.batch_size]).items()}
-        losses.append(model(**batch, only_target_logits=True).loss)
-    model.train()
-    return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
 
 
 def _bf16_available() -> bool:
@@ -718,6 +823,277 @@ def _warn_unhonoured_launcher(accelerator) -> None:
                            accelerator.distributed_type.value)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# build: data, model, collator (the only place that knows the modality)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _text_data(cfg: PretrainConfig, accelerator, run_dir: Path, resuming: bool):
+    from .data.pretraining_data import load_text_pretraining_data
+
+    return load_text_pretraining_data(cfg, accelerator, run_dir, resuming=resuming,
+                                      validation_examples=cfg.eval_batches * cfg.batch_size * accelerator.num_processes)
+
+
+@dataclass(frozen=True)
+class _Modality:
+    """What differs between text and images before the loop: where the examples come from, the new model, and how
+    many items (tokens / patches) a batch holds, for the tokens/s column."""
+
+    load_data: Callable[[PretrainConfig, Any, Path, bool], Any]  # (cfg, accelerator, run_dir, resuming)
+    new_model: Callable[[PretrainConfig, Any, Objective], Any]  # (cfg, processor, objective)
+    items_in: Callable[[PretrainConfig, dict], Any]  # (cfg, batch)
+
+
+def _tokens_in(cfg: PretrainConfig, batch: dict):
+    return batch["attention_mask"].sum()
+
+
+def _patches_in(cfg: PretrainConfig, batch: dict) -> int:
+    return len(batch["pixel_values"]) * (cfg.image_size // cfg.patch_size) ** 2
+
+
+_MODALITIES = {"text": _Modality(_text_data, _model, _tokens_in),
+               "image": _Modality(_image_data, _image_model, _patches_in)}
+
+
+@dataclass
+class _Built:
+    """What the loop is given: examples (``data.train``, ``data.validation``) and the collator that turns them into
+    batches, the model, and two callables that hide the objective and the modality from the loop."""
+
+    data: Any  # hf_genssl.data.pretraining_data.PretrainingData
+    model: Any
+    collator: _BatchSeededCollator
+    validation_collator: Callable[[], Any]  # a fresh collator with a fixed seed, so validations are comparable
+    items_in: Callable[[dict], Any]  # tokens / patches in a batch
+
+
+def _build(run: _Run) -> _Built:
+    cfg, objective, accelerator = run.cfg, run.objective, run.accelerator
+    modality = _MODALITIES[objective.modality]
+    # Data: datasets of examples plus a collator (hf_genssl.data.pretraining_data); the loop never looks at the
+    # modality, the source or whether the data is streamed.
+    data = modality.load_data(cfg, accelerator, run.run_dir, run.checkpoint is not None)
+    if not data.streaming and len(data.train) < cfg.batch_size:
+        raise ValueError(f"Fewer training examples ({len(data.train)}) than batch_size={cfg.batch_size}.")
+    model = (_pretrained_model(cfg, data.processor, objective) if cfg.model_name_or_path
+             else modality.new_model(cfg, data.processor, objective))
+    _apply_model_knobs(model, cfg)
+    collator = _BatchSeededCollator(objective.make_collator(cfg, data.processor, cfg.seed),
+                                    seed=cfg.seed * 1000 + accelerator.process_index,
+                                    start=run.start_step * cfg.gradient_accumulation_steps)
+    return _Built(data, model, collator, functools.partial(objective.make_collator, cfg, data.processor, 1234),
+                  functools.partial(modality.items_in, cfg))
+
+
+def _apply_model_knobs(model, cfg: PretrainConfig) -> None:
+    """How the model computes, never what: the attention backend, activation checkpointing, torch.compile."""
+    if cfg.attn_implementation:
+        model.set_attn_implementation(cfg.attn_implementation)
+    if cfg.gradient_checkpointing:
+        # non-reentrant: works with inputs that need no gradient, and under DDP with unused parameters
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        # in place (nn.Module.compile): the module, its state dict keys and so its checkpoints stay as they are
+        model.compile(**_COMPILE_OPTIONS)
+
+
+_COMPILE_OPTIONS: dict[str, Any] = {}  # torch.compile's defaults (inductor); the tests use the quick "eager" backend
+
+
+def _optimizer(cfg: PretrainConfig, model):
+    """AdamW (no weight decay on embeddings, norms and biases) and the warmup + cosine schedule."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
+
+
+def _prepare(run: _Run, built: _Built, optimizer, scheduler):
+    """Model, optimizer and schedule through ``accelerator.prepare``, the batches, and the resumed state."""
+    from .data.pretraining_data import train_batches
+
+    cfg, accelerator = run.cfg, run.accelerator
+    model, optimizer, scheduler = accelerator.prepare(built.model, optimizer, scheduler)
+    # An iterable over one epoch of micro-batches; a streaming one registers its position for checkpointing.
+    batches = train_batches(built.data, cfg.batch_size, built.collator, accelerator,
+                            run.start_step * cfg.gradient_accumulation_steps, num_workers=cfg.dataloader_num_workers)
+    if not built.data.streaming and len(batches) < cfg.gradient_accumulation_steps:
+        raise ValueError("Fewer batches per epoch than gradient_accumulation_steps; lower batch_size.")
+    if run.checkpoint:
+        with _quiet_accelerate_checkpointing():
+            accelerator.load_state(str(run.checkpoint))
+        logger.info("resumed from %s at step %d", run.checkpoint, run.start_step)
+    return model, optimizer, scheduler, batches
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the train loop (objective- and modality-blind)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _train(run: _Run, model, optimizer, scheduler, batches, built: _Built, logbook: _Logbook) -> int:
+    """Optimizer steps from ``run.start_step`` to ``max_steps``; returns the last step. Batches come from the
+    collator, the loss from the model: nothing here depends on the objective or the modality."""
+    from tqdm.auto import tqdm
+
+    cfg, accelerator = run.cfg, run.accelerator
+    evaluate = (functools.partial(_validation_loss, accelerator=accelerator, blocks=built.data.validation, cfg=cfg,
+                                  make_collator=built.validation_collator) if built.data.validation else None)
+    step, micro_done = run.start_step, run.start_step * cfg.gradient_accumulation_steps
+    window = _LogWindow(accelerator, run.log_window)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (cfg.progress and accelerator.is_main_process),
+               desc=f"pretrain {cfg.objective}", unit="step")
+    model.train()
+    if cfg.model_name_or_path and step == 0 and evaluate:  # where the continued model starts from
+        logbook.write({"step": 0, "val_loss": evaluate(model)})
+    while step < cfg.max_steps:
+        built.collator.restart_at(micro_done)  # before the epoch's iterator (and its worker processes) exist
+        for batch in batches:  # one epoch (resumes mid-epoch / mid-stream where the checkpoint was)
+            # Dropout is seeded per micro-batch: creating a DataLoader iterator (as a resume does) draws from the
+            # global generator, so a state saved with the checkpoint alone would not make resumption bit-exact.
+            torch.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + micro_done)
+            micro_done += 1
+            loss = _micro_step(accelerator, model, optimizer, scheduler, batch, cfg.max_grad_norm)
+            window.add(loss / cfg.gradient_accumulation_steps, built.items_in(batch))
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            window.steps += 1
+            bar.update(1)
+            _after_step(run, step, model, scheduler, window, evaluate, logbook, bar)
+            if step >= cfg.max_steps:
+                break
+    bar.close()
+    return step
+
+
+def _micro_step(accelerator, model, optimizer, scheduler, batch: dict, max_grad_norm: float) -> torch.Tensor:
+    """Forward and backward of one micro-batch; the optimizer and the schedule step when the accumulation is
+    complete (``accelerator.sync_gradients``). Returns the detached loss."""
+    with accelerator.accumulate(model):
+        loss = model(**batch, only_target_logits=True).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        if accelerator.sync_gradients:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _after_step(run: _Run, step: int, model, scheduler, window: _LogWindow, evaluate, logbook: _Logbook,
+                bar) -> None:
+    """Log, validate and checkpoint after optimizer step ``step``, as often as the config says."""
+    cfg = run.cfg
+    record: dict[str, Any] = {}
+    if step % cfg.log_every == 0 or step == cfg.max_steps:
+        record = window.close(step, scheduler.get_last_lr()[0])
+        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+    if (step % cfg.eval_every == 0 or step == cfg.max_steps) and evaluate:
+        record = {"step": step, **record, "val_loss": evaluate(model)}
+    if record:
+        logbook.write(record)
+    if step % cfg.save_every == 0 and step < cfg.max_steps:
+        _save_checkpoint(run.accelerator, run.run_dir, step, cfg, window.state())
+
+
+class _LogWindow:
+    """The loss sum and items (tokens / patches) since the last logged row.
+
+    They stay on the device and are reduced across processes only when a row is logged or a checkpoint saved: no
+    host sync per micro-batch. Resuming, the main process carries the saved window (the sum over processes
+    restores it)."""
+
+    def __init__(self, accelerator, saved: dict):
+        self.accelerator = accelerator
+        carried = accelerator.is_main_process
+        float_type = torch.float32 if accelerator.device.type == "mps" else torch.float64
+        self.loss = torch.tensor(float(saved.get("loss", 0.0)) * accelerator.num_processes * carried,
+                                 dtype=float_type, device=accelerator.device)
+        self.items = torch.tensor(int(saved.get("tokens", 0)) * carried, device=accelerator.device)
+        self.steps = int(saved.get("steps", 0))
+        self.start = time.perf_counter() - float(saved.get("seconds", 0.0))
+
+    def add(self, loss: torch.Tensor, items) -> None:
+        self.items += items
+        self.loss += loss
+
+    def close(self, step: int, lr: float) -> dict[str, Any]:
+        """The row logged at ``step``; the window starts again."""
+        elapsed = time.perf_counter() - self.start
+        loss_sum, tokens = _reduce_window(self.accelerator, self.loss, self.items)
+        row = {"step": step, "loss": loss_sum / self.steps, "lr": lr, "tokens": tokens,
+               "tokens_per_s": tokens / max(elapsed, 1e-9)}
+        self.loss.zero_()
+        self.items.zero_()
+        self.steps, self.start = 0, time.perf_counter()
+        return row
+
+    def state(self) -> dict[str, Any]:
+        """The open window, saved with a checkpoint so that a resumed run logs exactly what an uninterrupted one
+        does."""
+        loss_sum, tokens = _reduce_window(self.accelerator, self.loss, self.items)
+        return {"loss": loss_sum, "steps": self.steps, "tokens": tokens, "seconds": time.perf_counter() - self.start}
+
+
+class _Logbook:
+    """The run's rows: kept in memory (the result, the model card), appended to ``metrics.jsonl`` by the main
+    process and sent to Accelerate's trackers."""
+
+    def __init__(self, run: _Run):
+        self.accelerator, self.path = run.accelerator, run.run_dir / "metrics.jsonl"
+        if self.accelerator.log_with:  # trackers log from the main process only; their files go under output_dir
+            self.accelerator.init_trackers("trackers", config={
+                k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run.cfg.training_dict().items()})
+        # rows logged after the checkpoint are logged again: drop them, so a resumed log equals an uninterrupted one
+        self.history: list[dict] = (_resume_log(self.path, run.start_step) if self.accelerator.is_main_process
+                                    else [])
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            self.history.append(record)
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.accelerator.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
+
+    def close(self) -> None:
+        for tracker in self.accelerator.trackers:  # not end_training(): it also destroys the caller's process group
+            tracker.finish()
+
+
+@torch.no_grad()
+def _validation_loss(model, accelerator, blocks, cfg, make_collator) -> float:
+    """Mean loss over the first ``eval_batches`` validation batches, with a fixed collator seed (comparable runs).
+
+    Each process evaluates its share of ``blocks`` (the same list on every process), and every process runs the
+    same number of batches: under DDP (buffer broadcast) or FSDP (parameter gathers) a forward is a collective, so
+    a process with fewer batches, or none, left the others waiting forever. A validation set with fewer blocks than
+    processes is evaluated whole by every process."""
+    collator = make_collator()
+    shares = [blocks[rank :: accelerator.num_processes][: cfg.eval_batches * cfg.batch_size]
+              for rank in range(accelerator.num_processes)]
+    own = shares[accelerator.process_index]
+    batches = min(math.ceil(len(share) / cfg.batch_size) for share in shares)
+    if not batches:
+        own = blocks[: cfg.eval_batches * cfg.batch_size]
+        batches = math.ceil(len(own) / cfg.batch_size)
+    if not batches:
+        return float("nan")
+    model.eval()
+    losses = []
+    for i in range(0, batches * cfg.batch_size, cfg.batch_size):
+        batch = {k: v.to(accelerator.device) for k, v in collator(own[i : i + cfg.batch_size]).items()}
+        losses.append(model(**batch, only_target_logits=True).loss)
+    model.train()
+    return accelerator.gather(torch.stack(losses).mean()[None]).mean().item()
+
+
 def _reduce_window(accelerator, loss_sum: torch.Tensor, tokens: torch.Tensor) -> tuple[float, int]:
     """(sum of the per-micro-batch losses averaged over processes, tokens of all processes) of the open window: one
     collective and one host sync, done only when a row is logged or a checkpoint saved."""
@@ -725,203 +1101,46 @@ def _reduce_window(accelerator, loss_sum: torch.Tensor, tokens: torch.Tensor) ->
     return total[0].item() / accelerator.num_processes, int(total[1].item())
 
 
-def run_pretraining(config: str | Path | dict | PretrainConfig, overrides: dict | None = None,
-                    resume: bool = False) -> dict:
-    """Pretrain as ``config`` says; return final metrics and paths. See the module docstring for guarantees."""
-    from datetime import timedelta
+# ------------------------------------------------------------------------------------------------------------
+# finish: the last checkpoint, final/ with its card, the push
+# ------------------------------------------------------------------------------------------------------------
 
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
-    cfg = load_config(config, overrides)
-    # resolved before the fingerprint: resuming an "auto" run on a machine that resolves it differently is refused
-    cfg.mixed_precision = _resolve_precision(cfg)
-    objective = OBJECTIVES[cfg.objective]
-    run_dir = Path(cfg.output_dir)
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != cfg.mixed_precision:
-        # a process-wide singleton: an earlier run's precision would refuse this one (Trainer resets it the same way)
-        AcceleratorState._reset_state()
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        # Step the schedule once per optimizer step ourselves: linked to the optimizer, Accelerate steps it once
-        # per process, which makes an N-process run follow a different schedule than a 1-process run.
-        step_scheduler_with_optimizer=False,
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.ddp_timeout))],
-        log_with=_trackers(cfg), project_dir=str(run_dir),
-    )
-    _warn_unhonoured_launcher(accelerator)
-    logger.info("precision %s; global batch = %d per process x %d processes x %d accumulation steps = %d examples",
-                cfg.mixed_precision, cfg.batch_size, accelerator.num_processes, cfg.gradient_accumulation_steps,
-                cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps)
-    # Every rank decides from the folder itself (a shared filesystem), so no rank waits for one that refused.
-    if not resume and _holds_a_run(run_dir):
-        raise CheckpointError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose another "
-                              "output_dir.")
-    checkpoint = _find_checkpoint(run_dir) if resume else None
-    start_step, log_window = _check_resumable(checkpoint, cfg) if checkpoint else (0, {})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for newer_step, unusable in _checkpoint_dirs(run_dir):
-            if checkpoint and newer_step > start_step:  # kept for inspection, out of the way of later saves
-                os.replace(unusable, unusable.with_name(unusable.name + ".unusable"))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    set_seed(cfg.seed)
-
-    # Data: datasets of examples plus a collator (hf_genssl.data.pretraining_data); the loop below never looks
-    # at the modality, the source or whether the data is streamed.
-    if objective.modality == "image":
-        data = _image_data(cfg)
-        model = _image_model(cfg, objective) if not cfg.model_name_or_path else _pretrained_model(cfg, None, objective)
-        items_per_example = (cfg.image_size // cfg.patch_size) ** 2
-    else:
-        from .data.pretraining_data import load_text_pretraining_data
-
-        data = load_text_pretraining_data(
-            cfg, accelerator, run_dir, resuming=checkpoint is not None,
-            validation_examples=cfg.eval_batches * cfg.batch_size * accelerator.num_processes)
-        model = _model(cfg, data.processor, objective) if not cfg.model_name_or_path else _pretrained_model(
-            cfg, data.processor, objective)
-        items_per_example = cfg.seq_len
-    val_blocks, data_name, tokenizer = data.validation, data.name, data.processor
-    if not data.streaming and len(data.train) < cfg.batch_size:
-        raise ValueError(f"Fewer training examples ({len(data.train)}) than batch_size={cfg.batch_size}.")
-    collator = _BatchSeededCollator(objective.make_collator(cfg, tokenizer, cfg.seed),
-                                    seed=cfg.seed * 1000 + accelerator.process_index,
-                                    start=start_step * cfg.gradient_accumulation_steps)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    from .data.pretraining_data import train_batches
-
-    # An iterable over one epoch of micro-batches; a streaming one registers its position for checkpointing.
-    loader = train_batches(data, cfg.batch_size, collator, accelerator, start_step * cfg.gradient_accumulation_steps)
-    if not data.streaming and len(loader) < cfg.gradient_accumulation_steps:
-        raise ValueError("Fewer batches per epoch than gradient_accumulation_steps; lower batch_size.")
-
-    if checkpoint:
-        accelerator.load_state(str(checkpoint))
-        logger.info("resumed from %s at step %d", checkpoint, start_step)
-
-    log_path = run_dir / "metrics.jsonl"
-    if accelerator.log_with:  # trackers log from the main process only; their files go under output_dir
-        accelerator.init_trackers("trackers", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                      for k, v in cfg.training_dict().items()})
-
-    micro_done = start_step * cfg.gradient_accumulation_steps
-    # The logging window (loss sum and tokens since the last log) stays on the device and is reduced across
-    # processes only when a row is logged or a checkpoint saved: no host sync per micro-batch. Resuming, the main
-    # process carries the saved window (the sum over processes restores it).
-    step, window_steps = start_step, int(log_window.get("steps", 0))
-    carried = accelerator.is_main_process
-    float_type = torch.float32 if accelerator.device.type == "mps" else torch.float64
-    window_loss = torch.tensor(float(log_window.get("loss", 0.0)) * accelerator.num_processes * carried,
-                               dtype=float_type, device=accelerator.device)
-    tokens_seen = torch.tensor(int(log_window.get("tokens", 0)) * carried, device=accelerator.device)
-    window_start = time.perf_counter() - float(log_window.get("seconds", 0.0))
-    run_start = time.perf_counter()
-    # rows logged after the checkpoint are logged again below: drop them so a resumed log equals an uninterrupted one
-    history: list[dict] = _resume_log(log_path, start_step) if accelerator.is_main_process else []
-    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and accelerator.is_main_process),
-               desc=f"pretrain {cfg.objective}", unit="step")
-    model.train()
-    if cfg.model_name_or_path and start_step == 0 and val_blocks:  # where the continued model starts from
-        record = {"step": 0, "val_loss": _validation_loss(model, accelerator, val_blocks, cfg, tokenizer, objective)}
-        if accelerator.is_main_process:
-            history.append(record)
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-    while step < cfg.max_steps:
-        for batch in loader:  # one epoch (resumes mid-epoch / mid-stream where the checkpoint was)
-            # Dropout is seeded per micro-batch: creating a DataLoader iterator (as a resume does) draws from the
-            # global generator, so a state saved with the checkpoint alone would not make resumption bit-exact.
-            torch.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + micro_done)
-            micro_done += 1
-            with accelerator.accumulate(model):
-                loss = model(**batch, only_target_logits=True).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            tokens_seen += (batch["attention_mask"].sum() if "attention_mask" in batch
-                            else len(batch["pixel_values"]) * items_per_example)
-            window_loss += loss.detach() / cfg.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            window_steps += 1
-            bar.update(1)
-            record: dict[str, Any] = {}
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                elapsed = time.perf_counter() - window_start
-                loss_mean, tokens = _reduce_window(accelerator, window_loss, tokens_seen)
-                record = {"step": step, "loss": loss_mean / window_steps, "lr": scheduler.get_last_lr()[0],
-                          "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9)}
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window_loss.zero_()
-                tokens_seen.zero_()
-                window_steps, window_start = 0, time.perf_counter()
-            if (step % cfg.eval_every == 0 or step == cfg.max_steps) and val_blocks:
-                record = {"step": step, **record,
-                          "val_loss": _validation_loss(model, accelerator, val_blocks, cfg, tokenizer, objective)}
-            if record and accelerator.is_main_process:
-                history.append(record)
-                with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if record:
-                accelerator.log({key: value for key, value in record.items() if key != "step"}, step=step)
-            if step % cfg.save_every == 0 and step < cfg.max_steps:
-                loss_mean, tokens = _reduce_window(accelerator, window_loss, tokens_seen)
-                _save_checkpoint(accelerator, run_dir, step, cfg, {
-                    "loss": loss_mean, "steps": window_steps, "tokens": tokens,
-                    "seconds": time.perf_counter() - window_start})
-            if step >= cfg.max_steps:
-                break
-    bar.close()
-    if step > start_step or checkpoint is None:  # a resumed finished run has its last checkpoint already
-        _save_checkpoint(accelerator, run_dir, step, cfg)
-
-    final_dir = run_dir / "final"
-    push_error = None
+def _finish(run: _Run, model, built: _Built, logbook: _Logbook, step: int, run_start: float) -> dict:
+    cfg, accelerator = run.cfg, run.accelerator
+    if step > run.start_step or run.checkpoint is None:  # a resumed finished run has its last checkpoint already
+        _save_checkpoint(accelerator, run.run_dir, step, cfg)
+    final_dir = run.run_dir / "final"
+    pushed = None
     # gathered on every process (a sharded model needs all of them), written by the main one
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        # written next to final/ and renamed: `genssl reproduce` takes final/model.safetensors as "this run is done"
-        final_tmp = run_dir / "final.tmp"
-        shutil.rmtree(final_tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(final_tmp, state_dict=state_dict)
-        tokenizer.save_pretrained(final_tmp)
-        card = _write_card(final_tmp, final_dir, cfg, objective, history, data_name, time.perf_counter() - run_start)
-        _publish(final_tmp, final_dir)
+        card = _save_final(run, accelerator.unwrap_model(model), state_dict, built, logbook.history,
+                           time.perf_counter() - run_start)
         if cfg.push_to_hub:
-            from .hub import HubPushError, push_checkpoint
+            from .hub import push_finished_run
 
-            try:
-                logger.info("pushed to %s", push_checkpoint(final_dir, cfg.hub_model_id or final_dir.parent.name,
-                                                            card=card))
-            except HubPushError as error:  # the run is saved; the caller (and the CLI's exit status) must know
-                push_error = error
-    for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group of the caller
-        tracker.finish()
+            pushed = push_finished_run(final_dir, cfg.hub_model_id, card=card)
+    logbook.close()
     accelerator.wait_for_everyone()
-    if push_error is not None:
-        raise push_error
-    val = [r["val_loss"] for r in history if "val_loss" in r]
-    return {"final_dir": str(final_dir), "steps": step, "history": history,
+    if pushed is not None:
+        pushed.raise_error()  # the run is saved; the caller (and the CLI's exit status) must know
+    val = [r["val_loss"] for r in logbook.history if "val_loss" in r]
+    return {"final_dir": str(final_dir), "steps": step, "history": logbook.history,
             "final_val_loss": val[-1] if val else None, "seconds": time.perf_counter() - run_start,
-            "data": data_name, "mixed_precision": cfg.mixed_precision}
+            "data": built.data.name, "mixed_precision": cfg.mixed_precision}
+
+
+def _save_final(run: _Run, model, state_dict: dict, built: _Built, history: list[dict], seconds: float):
+    """Write ``final/`` (weights, processor, card) next to it and rename it into place: ``genssl reproduce`` takes
+    ``final/model.safetensors`` as "this run is done". Returns the card renderer for a push."""
+    final_dir, final_tmp = run.run_dir / "final", run.run_dir / "final.tmp"
+    shutil.rmtree(final_tmp, ignore_errors=True)
+    model.save_pretrained(final_tmp, state_dict=state_dict)
+    built.data.processor.save_pretrained(final_tmp)
+    card = _write_card(final_tmp, final_dir, run.cfg, run.objective, history, built.data.name, seconds)
+    _publish(final_tmp, final_dir)
+    return card
 
 
 def _image_processor(cfg: PretrainConfig):

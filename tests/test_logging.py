@@ -57,6 +57,34 @@ def test_cli_keeps_accelerates_checkpoint_info_lines_quiet(tmp_path, texts, capl
     assert any("Saving current state" in r.getMessage() for r in caplog.records)
 
 
+def test_library_runs_keep_accelerates_checkpoint_info_lines_quiet(tmp_path, texts, caplog):
+    """A script calling run_pretraining with logging at INFO got Accelerate's "Saving current state to ..." lines
+    (six per checkpoint); only the CLI quieted them. Now the loop quiets them around its own save / load only: a
+    user's Accelerate INFO lines outside our calls still show, and a level the user set on the `accelerate` logger
+    is honoured (that is how they get the lines back)."""
+    accelerate_logger = logging.getLogger("accelerate")
+    before = accelerate_logger.level  # `genssl` (test_cli...) sets it for the whole process: a library user does not
+    accelerate_logger.setLevel(logging.NOTSET)
+    caplog.set_level(logging.INFO)
+    try:
+        run_pretraining({**TINY, "texts": texts, "output_dir": str(tmp_path / "run")})
+        run_pretraining({**TINY, "texts": texts, "output_dir": str(tmp_path / "run")}, resume=True)  # load_state
+        accelerate_info = [r for r in caplog.records if r.name.startswith("accelerate") and r.levelno == logging.INFO]
+        assert not accelerate_info, [r.getMessage() for r in accelerate_info]
+        assert any("resumed from" in r.getMessage() for r in caplog.records)  # our own INFO lines still show
+
+        assert accelerate_logger.level == logging.NOTSET  # left as it was
+        logging.getLogger("accelerate.accelerator").info("a user's own line")
+        assert caplog.records[-1].getMessage() == "a user's own line"
+
+        caplog.clear()
+        accelerate_logger.setLevel(logging.INFO)
+        run_pretraining({**TINY, "texts": texts, "output_dir": str(tmp_path / "asked")})
+        assert any("Saving current state" in r.getMessage() for r in caplog.records)
+    finally:
+        accelerate_logger.setLevel(before)
+
+
 def test_the_result_is_printed_by_the_main_process_only(monkeypatch, capsys):
     """Under DDP every process ran the same print: the final JSON appeared once per process."""
     import accelerate

@@ -122,6 +122,14 @@ def test_config_errors(tmp_path):
     ({"hidden_size": 30, "num_attention_heads": 4}, "multiple of num_attention_heads"),
     ({"progress": "yes"}, "progress must be true or false"),
     ({"keep_checkpoints": 0}, "keep_checkpoints must be a positive integer"),
+    # the Hub repo is not guessed from the run folder's name (it was: a run in runs/pretrain went to user/pretrain)
+    ({"push_to_hub": True}, "push_to_hub needs hub_model_id"),
+    ({"push_to_hub": True, "hub_model_id": ""}, "push_to_hub needs hub_model_id"),
+    ({"dataloader_num_workers": -1}, "dataloader_num_workers must be an integer >= 0"),
+    ({"streaming": True, "dataloader_num_workers": 2}, "dataloader_num_workers must be 0 with streaming"),
+    ({"gradient_checkpointing": "yes"}, "gradient_checkpointing must be true or false"),
+    ({"compile": 1}, "compile must be true or false"),
+    ({"attn_implementation": 3}, "attn_implementation must be a name"),
 ])
 def test_config_values_are_checked_before_any_data_work(tmp_path, monkeypatch, overrides, message):
     import hf_genssl.data.pretraining_data as pretraining_data
@@ -262,6 +270,17 @@ def test_cli_push_flags_reach_the_config(monkeypatch, tmp_path):
     assert cli.main(["pretrain", "--config", "tiny", "--output-dir", str(tmp_path), "--push-to-hub",
                      "--hub-model-id", "you/tiny", "--override", "max_steps=3"]) == 0
     assert seen == {"max_steps": 3, "output_dir": str(tmp_path), "push_to_hub": True, "hub_model_id": "you/tiny"}
+
+
+def test_cli_push_without_a_hub_repo_fails_before_training(tmp_path, capsys):
+    """`genssl pretrain --push-to-hub` without --hub-model-id used to train, then push to a repo named after the
+    run folder (`final`'s parent); now it is a one-line error, as `genssl finetune` gives, before any work."""
+    from hf_genssl import cli
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["pretrain", "--config", "tiny", "--output-dir", str(run_dir), "--push-to-hub"]) == 2
+    assert "push_to_hub needs hub_model_id (--hub-model-id user/name)" in capsys.readouterr().err
+    assert not run_dir.exists()
 
 
 def test_only_the_tied_head_save_warning_is_silenced(caplog):

@@ -543,12 +543,14 @@ class StreamingBatches:
         self.blocks.load_state_dict(own["dataset"])
 
 
-def train_batches(data: PretrainingData, batch_size: int, collate_fn, accelerator, micro_done: int, shuffle=True):
-    """The loop's source of micro-batches: iterate it once per epoch."""
+def train_batches(data: PretrainingData, batch_size: int, collate_fn, accelerator, micro_done: int, shuffle=True,
+                  num_workers: int = 0):
+    """The loop's source of micro-batches: iterate it once per epoch. ``num_workers`` processes collate the batches
+    of map-style data (streams are read by the main process: see :class:`StreamingBatches`)."""
     if data.streaming:
         batches = StreamingBatches(data.train, batch_size, collate_fn, accelerator)
         accelerator.register_for_checkpointing(batches)  # restored by load_state before the first iteration
         return batches
     loader = torch.utils.data.DataLoader(data.train, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn,
-                                         drop_last=True)
+                                         drop_last=True, num_workers=num_workers)
     return MapStyleBatches(accelerator.prepare(loader), accelerator, micro_done)

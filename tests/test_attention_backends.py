@@ -281,3 +281,64 @@ def test_compiled_training_forward_compiles_once():
         for start in (10, 20, 30):
             batch = collator([list(range(start, start + 30)), list(range(start + 40, start + 60))])
             compiled(**batch, only_target_logits=True).loss.backward()
+
+
+def _vit_pretraining_batch(objective: str) -> tuple[object, dict]:
+    """A tiny ViT pretraining model (sdpa) and a 3-image batch of ``objective``, made by the package's collators."""
+    from hf_genssl import (
+        DataCollatorForSemiAutoregressiveImages,
+        DataCollatorForVariableLengthImageMasking,
+        GenSSLViTConfig,
+        GenSSLViTForPreTraining,
+    )
+
+    torch.manual_seed(0)
+    config = GenSSLViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                             num_attention_heads=4, intermediate_size=64)
+    model = GenSSLViTForPreTraining._from_config(config, attn_implementation="sdpa").train()
+    images = [torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    if objective == "semi_autoregressive":
+        batch = DataCollatorForSemiAutoregressiveImages(patch_size=4, group_size=2, seed=0)(images)
+    else:  # variable ratios, so each image has its own number of targets
+        batch = DataCollatorForVariableLengthImageMasking(
+            patch_size=4, seed=0, return_group_ids=objective == "masked_two_streams")(images)
+        if objective == "masked_two_streams":
+            batch.pop("bool_masked_pos")
+    return model, batch
+
+
+VIT_OBJECTIVES = ["semi_autoregressive", "masked", "masked_two_streams"]
+
+
+@pytest.mark.parametrize("objective", VIT_OBJECTIVES)
+def test_vit_pretraining_forward_has_no_graph_breaks(objective):
+    """The ViT training forward is one graph too: under torch.compile the targets' count (data-dependent) sizes no
+    tensor, so every patch is projected and the loss is a masked mean, equal to the eager loss."""
+    model, batch = _vit_pretraining_batch(objective)
+    targets = model(**batch).target_mask
+    assert len(set(targets.sum(1).tolist())) > 1 or objective == "semi_autoregressive"  # counts differ per image
+    explanation = torch._dynamo.explain(model)(**batch, only_target_logits=True)
+    assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
+    model.eval()
+    traced = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(**batch, only_target_logits=True).loss,
+                                   model(**batch, only_target_logits=True).loss, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("objective", VIT_OBJECTIVES)
+def test_vit_selected_patches_under_compile_equal_eager(objective):
+    """``prediction_patches`` under torch.compile (static shapes: every patch index, the selected first) gives the
+    same final rows at the selected patches as the eager path, which packs only the largest count."""
+    model, batch = _vit_pretraining_batch(objective)
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "pixel_values"}
+    selected = model(**batch).target_mask
+    traced = torch.compile(model.vit, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        eager = model.vit(batch["pixel_values"], prediction_patches=selected, **inputs)
+        compiled = traced(batch["pixel_values"], prediction_patches=selected, **inputs)
+    assert eager.prediction_hidden_state.shape[1] == int(selected.sum(1).max())
+    assert compiled.prediction_hidden_state.shape[1] == selected.shape[1]
+    torch.testing.assert_close(compiled.prediction_hidden_state[compiled.prediction_mask],
+                               eager.prediction_hidden_state[eager.prediction_mask], atol=1e-5, rtol=1e-5)

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init  # init helpers that respect `_is_hf_initialized`
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_genssl_vit import GenSSLViTConfig
 from .modeling_genssl import _register_peft_target_modules
@@ -57,14 +57,32 @@ def unpatchify(patches: torch.Tensor, patch_size: int, num_channels: int, grid_s
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, g * p, g * p)
 
 
-def _pack(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _selected_indices(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(batch, n)`` bool -> the selected indices packed to the left in ascending order ``(batch, k)`` and which of
-    them are real ``(batch, k)``; ``k`` is the largest count in the batch (padding points at unselected indices)."""
+    them are real ``(batch, k)`` (padding points at unselected indices).
+
+    ``k`` is the largest count in the batch: a data-dependent size, so under ``torch.compile`` it is ``n`` instead
+    (static shapes, no graph break); the selected indices and their order are the same.
+    """
     counts = selected.sum(1)
-    k = int(counts.max()) if selected.numel() else 0
+    if torch.compiler.is_compiling():
+        k = selected.shape[1]
+    else:
+        k = int(counts.max()) if selected.numel() else 0
     index = torch.argsort((~selected).to(torch.int8), dim=1, stable=True)[:, :k]
     valid = torch.arange(k, device=selected.device)[None, :] < counts[:, None]
     return index, valid
+
+
+@dataclass
+class _Rows:
+    """What the block stack runs on: the rows ``[content (n_content); query]``, their visibility rule, and the
+    content rows that become the last block's query rows (one stream, outputs at selected patches only)."""
+
+    hidden_states: torch.Tensor
+    n_content: int
+    mask: GroupVisibility | None
+    last_layer_queries_from_content: tuple[torch.Tensor, GroupVisibility | None] | None = None
 
 
 @dataclass
@@ -78,7 +96,8 @@ class GenSSLViTModelOutput(ModelOutput):
             represents the prediction of patch p. Only when ``group_ids`` are given.
         prediction_hidden_state: ``(batch, k, hidden)``, only with ``prediction_patches``: the final representation
             of each selected patch (query stream with ``group_ids``, content stream without), packed to the left in
-            raster order; ``k`` is the most patches selected in any image of the batch.
+            raster order; ``k`` is the most patches selected in any image of the batch (``num_patches`` under
+            ``torch.compile``: static shapes).
         prediction_mask: ``(batch, k)`` bool, the real rows of ``prediction_hidden_state`` (the rest is padding).
             ``prediction_hidden_state[prediction_mask]`` lists the selected patches in row-major order.
         hidden_states: ``num_hidden_layers + 1`` tensors, when requested: the content stream entering each block (the
@@ -241,6 +260,7 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
             return torch.arange(n, device=device).expand(batch_size, n)
         return torch.zeros(batch_size, n, dtype=torch.long, device=device)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -248,11 +268,10 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
         bool_masked_pos: torch.BoolTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         return_content_stream: bool = True,
         prediction_patches: torch.BoolTensor | None = None,
         **kwargs,
-    ) -> GenSSLViTModelOutput | tuple:
+    ) -> GenSSLViTModelOutput:
         r"""
         Args:
             pixel_values: ``(batch, num_channels, image_size, image_size)``.
@@ -274,72 +293,81 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_pixels(pixel_values)
-        batch_size, device = pixel_values.shape[0], pixel_values.device
-        self._check_patch_tensor("group_ids", group_ids, batch_size)
-        self._check_patch_tensor("bool_masked_pos", bool_masked_pos, batch_size)
-        self._check_patch_tensor("prediction_patches", prediction_patches, batch_size)
+        for name, value in (("group_ids", group_ids), ("bool_masked_pos", bool_masked_pos),
+                            ("prediction_patches", prediction_patches)):
+            self._check_patch_tensor(name, value, pixel_values.shape[0])
 
-        hidden_states = self.embeddings(pixel_values, bool_masked_pos)
-        two_streams = group_ids is not None
-        packed = prediction_patches is not None
-        if packed:
-            prediction_index, prediction_mask = _pack(prediction_patches.bool())
-        key_padding_mask = None
-        extra_rows = None  # (rows, mask) appended as queries in the last block (one stream, packed)
-        if two_streams:
-            patch_gids = group_ids.long()
-            cls_gid = patch_gids.amin(1, keepdim=True) - 1
-            query = self.embeddings.query_stream(batch_size)
-            query_limits = patch_gids
-            if packed:
-                query, query_limits = gather_rows(query, prediction_index), patch_gids.gather(1, prediction_index)
-                # Content rows at or above the last selected group are seen by no selected query row: drop them.
-                floor = torch.full_like(query_limits, torch.iinfo(torch.long).min)
-                last_group = torch.where(prediction_mask, query_limits, floor).amax(1, keepdim=True)
-                keep_index, keep_mask = _pack(patch_gids < last_group)
-                hidden_states = torch.cat([hidden_states[:, :1], gather_rows(hidden_states[:, 1:], keep_index)], 1)
-                patch_gids = patch_gids.gather(1, keep_index)
-                key_padding_mask = torch.cat([keep_mask.new_ones(batch_size, 1), keep_mask], dim=1)
-            content_gids = torch.cat([cls_gid, patch_gids], dim=1)
-            mask = GroupVisibility(torch.cat([content_gids + 1, query_limits], dim=1), content_gids, key_padding_mask)
-            hidden_states = torch.cat([hidden_states, query], dim=1)
+        content = self.embeddings(pixel_values, bool_masked_pos)
+        selection = _selected_indices(prediction_patches.bool()) if prediction_patches is not None else None
+        if group_ids is not None:
+            rows = self._two_stream_rows(content, group_ids.long(), selection)
         else:
-            content_gids = self._default_group_ids(batch_size, device)
-            causal = self.config.content_attention == "causal"
-            # Bidirectional: every token sees every token; no mask lets SDPA pick its fastest kernel.
-            mask = GroupVisibility(content_gids + 1, content_gids) if causal else None
-            if packed:
-                row_limits = content_gids[:, 1:].gather(1, prediction_index) + 1
-                extra_rows = (prediction_index + 1, GroupVisibility(row_limits, content_gids) if causal else None)
-
-        n_content = hidden_states.shape[1] - (query.shape[1] if two_streams else 0)
+            rows = self._one_stream_rows(content, selection)
         hidden_states, n_content, all_hidden_states, all_attentions = run_block_stack(
             self.layers,
-            hidden_states,
-            n_content,
-            mask,
-            last_layer_queries_only=packed or (two_streams and not return_content_stream),
-            last_layer_extra_rows=extra_rows,
+            rows.hidden_states,
+            rows.n_content,
+            rows.mask,
+            last_layer_queries_only=selection is not None or (group_ids is not None and not return_content_stream),
+            last_layer_queries_from_content=rows.last_layer_queries_from_content,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
         hidden_states = self.layernorm(hidden_states)
 
         content_out = hidden_states[:, :n_content] if n_content else None
-        query_out = hidden_states[:, n_content:] if (two_streams or packed) else None
+        query_out = hidden_states[:, n_content:] if (group_ids is not None or selection is not None) else None
         if output_hidden_states:  # layers + 1 entries; the last is what the head reads
             all_hidden_states += (content_out if content_out is not None else query_out,)
-        output = GenSSLViTModelOutput(
+        return GenSSLViTModelOutput(
             last_hidden_state=content_out,
-            query_hidden_state=query_out if not packed else None,
-            prediction_hidden_state=query_out if packed else None,
-            prediction_mask=prediction_mask if packed else None,
+            query_hidden_state=query_out if selection is None else None,
+            prediction_hidden_state=query_out if selection is not None else None,
+            prediction_mask=selection[1] if selection is not None else None,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
-        return output if return_dict else output.to_tuple()
+
+    def _two_stream_rows(
+        self, content: torch.Tensor, patch_gids: torch.Tensor, selection: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> _Rows:
+        """Rows ``[CLS + patches (content); one query row per patch]`` and their rule; the CLS token gets a group id
+        below every patch. With a ``selection`` (index, valid) of patches: query rows only at the selected patches,
+        and content rows only for the patches one of them can see (group below the largest selected group)."""
+        batch_size = content.shape[0]
+        cls_gid = patch_gids.amin(1, keepdim=True) - 1
+        query, query_limits = self.embeddings.query_stream(batch_size), patch_gids
+        key_padding_mask = None
+        if selection is not None:
+            index, valid = selection
+            query, query_limits = gather_rows(query, index), patch_gids.gather(1, index)
+            # Content rows at or above the last selected group are seen by no selected query row: drop them.
+            floor = torch.full_like(query_limits, torch.iinfo(torch.long).min)
+            last_group = torch.where(valid, query_limits, floor).amax(1, keepdim=True)
+            keep_index, keep_mask = _selected_indices(patch_gids < last_group)
+            content = torch.cat([content[:, :1], gather_rows(content[:, 1:], keep_index)], dim=1)
+            patch_gids = patch_gids.gather(1, keep_index)
+            key_padding_mask = torch.cat([keep_mask.new_ones(batch_size, 1), keep_mask], dim=1)
+        content_gids = torch.cat([cls_gid, patch_gids], dim=1)
+        mask = GroupVisibility(torch.cat([content_gids + 1, query_limits], dim=1), content_gids, key_padding_mask)
+        return _Rows(torch.cat([content, query], dim=1), content.shape[1], mask)
+
+    def _one_stream_rows(
+        self, content: torch.Tensor, selection: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> _Rows:
+        """Content rows (CLS + patches) under the configured attention. With a ``selection`` of patches the last
+        block runs only there: their content rows are copied as its query rows."""
+        content_gids = self._default_group_ids(content.shape[0], content.device)
+        causal = self.config.content_attention == "causal"
+        # Bidirectional: every token sees every token; no mask lets SDPA pick its fastest kernel.
+        mask = GroupVisibility(content_gids + 1, content_gids) if causal else None
+        queries_from_content = None
+        if selection is not None:
+            index = selection[0]
+            row_limits = content_gids[:, 1:].gather(1, index) + 1
+            queries_from_content = (index + 1, GroupVisibility(row_limits, content_gids) if causal else None)
+        return _Rows(content, content.shape[1], mask, queries_from_content)
 
     def forward_features(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """timm-style: normalised token features ``(batch, 1 + num_patches, hidden)``, CLS first (content stream)."""
@@ -390,6 +418,7 @@ class GenSSLViTForPreTraining(GenSSLViTPreTrainedModel):
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -399,28 +428,20 @@ class GenSSLViTForPreTraining(GenSSLViTPreTrainedModel):
         only_target_logits: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> GenSSLViTForPreTrainingOutput | tuple:
+    ) -> GenSSLViTForPreTrainingOutput:
         r"""
         Args:
             only_target_logits: compute only what the targets need (see ``prediction_patches`` of
                 [`GenSSLViTModel`]) and return ``logits`` of shape ``(num_targets, p*p*C)``, the target patches in
-                row-major order (``logits_full[target_mask]``). Same loss; what the training loop uses.
+                row-major order (``logits_full[target_mask]``). Same loss; what the training loop uses. Under
+                ``torch.compile`` the logits are ``(batch, num_patches, p*p*C)`` regardless (the number of targets
+                is data-dependent: static shapes), and the loss is the same masked mean (0 without targets).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        batch_size = pixel_values.shape[0]
-        if group_ids is not None:
-            self.vit._check_patch_tensor("group_ids", group_ids, batch_size)
-            targets = group_ids > group_ids.amin(1, keepdim=True)
-        else:
-            targets = bool_masked_pos.bool() if bool_masked_pos is not None else None
-        if labels is not None:
-            self.vit._check_patch_tensor("labels", labels, batch_size)
-            targets = labels.bool()
+        targets = self._targets(pixel_values.shape[0], group_ids, bool_masked_pos, labels)
         if only_target_logits and targets is None:
             raise ValueError("only_target_logits=True needs targets: pass group_ids, bool_masked_pos or labels.")
-        packed = only_target_logits and bool(targets.any())
+        at_targets_only = only_target_logits and not torch.compiler.is_compiling()
         outputs = self.vit(
             pixel_values,
             group_ids=group_ids,
@@ -429,12 +450,12 @@ class GenSSLViTForPreTraining(GenSSLViTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             return_content_stream=False,
-            prediction_patches=targets if packed else None,
+            prediction_patches=targets if at_targets_only and bool(targets.any()) else None,
             **kwargs,
         )
-        if packed:
+        if outputs.prediction_hidden_state is not None:
             logits = self.decoder(outputs.prediction_hidden_state[outputs.prediction_mask])
-        elif only_target_logits:  # no target anywhere in the batch
+        elif at_targets_only:  # no target anywhere in the batch
             logits = self.decoder.weight.new_zeros(0, self.decoder.out_features)
         else:
             hidden = outputs.query_hidden_state if group_ids is not None else outputs.last_hidden_state[:, 1:]
@@ -445,19 +466,49 @@ class GenSSLViTForPreTraining(GenSSLViTPreTrainedModel):
         unused = [p for p, used in ((embeddings.query_stream_start, group_ids is not None),
                                     (embeddings.mask_token, bool_masked_pos is not None)) if not used]
         logits = logits + sum(0.0 * p.sum() for p in unused)
-
-        loss = None
-        if targets is not None and bool(targets.any()):
-            predicted = logits if only_target_logits else logits[targets]
-            loss = ((predicted.float() - self.target_pixels(pixel_values)[targets].float()) ** 2).mean()
-        output = GenSSLViTForPreTrainingOutput(
-            loss=loss,
+        return GenSSLViTForPreTrainingOutput(
+            loss=self._loss(logits, pixel_values, targets, at_targets_only),
             logits=logits,
             target_mask=targets,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if return_dict else output.to_tuple()
+
+    def _targets(
+        self,
+        batch_size: int,
+        group_ids: torch.Tensor | None,
+        bool_masked_pos: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The patches the loss reads ``(batch, num_patches)``: ``labels`` when given; else with group ids every
+        patch above the image's first group, without them the masked patches."""
+        targets = None
+        if group_ids is not None:
+            self.vit._check_patch_tensor("group_ids", group_ids, batch_size)
+            targets = group_ids > group_ids.amin(1, keepdim=True)
+        elif bool_masked_pos is not None:
+            targets = bool_masked_pos.bool()
+        if labels is not None:
+            self.vit._check_patch_tensor("labels", labels, batch_size)
+            targets = labels.bool()
+        return targets
+
+    def _loss(
+        self, logits: torch.Tensor, pixel_values: torch.Tensor, targets: torch.Tensor | None, at_targets_only: bool
+    ) -> torch.Tensor | None:
+        """Mean squared error over the target patches (``logits`` are those rows already when ``at_targets_only``);
+        ``None`` when there is no target."""
+        if targets is None:
+            return None
+        target_pixels = self.target_pixels(pixel_values)
+        if torch.compiler.is_compiling():  # a masked mean: no data-dependent shape or branch (0 without targets)
+            per_patch = ((logits.float() - target_pixels.float()) ** 2).mean(-1)
+            return (per_patch * targets).sum() / targets.sum().clamp(min=1)
+        if not bool(targets.any()):
+            return None
+        predicted = logits if at_targets_only else logits[targets]
+        return ((predicted.float() - target_pixels[targets].float()) ** 2).mean()
 
 
 class GenSSLViTForImageClassification(GenSSLViTPreTrainedModel):
@@ -495,16 +546,15 @@ class GenSSLViTForImageClassification(GenSSLViTPreTrainedModel):
             self.vit.eval()
         return self
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> ImageClassifierOutput:
         outputs = self.vit(
             pixel_values,
             output_attentions=output_attentions,
@@ -516,10 +566,9 @@ class GenSSLViTForImageClassification(GenSSLViTPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config)
-        output = ImageClassifierOutput(
+        return ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 # Save the code files with every checkpoint (see `GenSSLViTConfig.auto_map` for the full map).

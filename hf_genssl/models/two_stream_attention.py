@@ -571,9 +571,9 @@ def run_block_stack(
     layers: nn.ModuleList,
     hidden_states: torch.Tensor,
     n_content: int,
-    mask: torch.Tensor | None,
+    mask: GroupVisibility | torch.Tensor | None,
     last_layer_queries_only: bool = False,
-    last_layer_extra_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    last_layer_queries_from_content: tuple[torch.Tensor, GroupVisibility | None] | None = None,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
     **layer_kwargs: Any,
@@ -585,37 +585,28 @@ def run_block_stack(
             ``(batch, 1, rows, keys)``), or ``None`` (everything visible).
         last_layer_queries_only: the last block computes the query rows only (no one reads the final content
             stream during pretraining or decoding): its cost drops by the content rows' share.
-        last_layer_extra_rows: ``(row index (batch, k), mask)``: content rows to repeat as query rows of the last
-            block (a one-stream model that needs outputs at only k positions); implies ``last_layer_queries_only``.
+        last_layer_queries_from_content: ``(row index (batch, k), visibility of those rows)``: content rows copied
+            as the query rows of the last block, for a one-stream model that needs outputs at only k positions.
+            Needs ``last_layer_queries_only``.
         layer_kwargs: passed to every block (``past_key_values``, ``rotary``, ...).
 
     Returns:
         ``(rows, n_content, hidden_states, attentions)``: the final rows (``n_content`` of them content, 0 when the
         last block ran queries only), and the per-block content streams / attention maps when requested.
     """
+    if last_layer_queries_from_content is not None and not last_layer_queries_only:
+        raise ValueError("last_layer_queries_from_content needs last_layer_queries_only=True.")
     all_hidden_states = () if output_hidden_states else None
     all_attentions = () if output_attentions else None
-    queries_only_at_end = last_layer_queries_only or last_layer_extra_rows is not None
     for index, layer in enumerate(layers):
         if output_hidden_states:
-            # The recorded content rows are the tensor the block reads (rows re-joined from them), so they stay on
-            # the gradient path: ``hidden_states[i].retain_grad()`` works, as in every transformers model.
-            content = hidden_states[:, :n_content]
+            hidden_states, content = _split_off_content(hidden_states, n_content)
             all_hidden_states += (content,)
-            if n_content < hidden_states.shape[1]:
-                hidden_states = torch.cat([content, hidden_states[:, n_content:]], dim=1)
-            else:
-                hidden_states = content
-        content_queries = not (queries_only_at_end and index == len(layers) - 1)
+        content_queries = not (last_layer_queries_only and index == len(layers) - 1)
         layer_mask = mask
         if not content_queries:
-            if last_layer_extra_rows is not None:  # the selected content rows ride along as query rows
-                rows, layer_mask = last_layer_extra_rows
-                hidden_states = torch.cat([hidden_states, gather_rows(hidden_states, rows)], dim=1)
-            elif isinstance(mask, GroupVisibility):
-                layer_mask = mask.rows(n_content)
-            elif mask is not None:
-                layer_mask = mask[:, :, n_content:]
+            hidden_states, layer_mask = _last_layer_rows(hidden_states, n_content, mask,
+                                                         last_layer_queries_from_content)
         hidden_states, weights = layer(hidden_states, n_content, layer_mask, content_queries=content_queries,
                                        output_attentions=output_attentions, **layer_kwargs)
         if output_attentions:
@@ -623,6 +614,33 @@ def run_block_stack(
         if not content_queries:
             n_content = 0  # only query rows are left
     return hidden_states, n_content, all_hidden_states, all_attentions
+
+
+def _split_off_content(hidden_states: torch.Tensor, n_content: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The content rows, and the rows re-joined from them: the recorded content is the tensor the block reads, so
+    it stays on the gradient path (``hidden_states[i].retain_grad()`` works, as in every transformers model)."""
+    content = hidden_states[:, :n_content]
+    if n_content < hidden_states.shape[1]:
+        return torch.cat([content, hidden_states[:, n_content:]], dim=1), content
+    return content, content
+
+
+def _last_layer_rows(
+    hidden_states: torch.Tensor,
+    n_content: int,
+    mask: GroupVisibility | torch.Tensor | None,
+    queries_from_content: tuple[torch.Tensor, GroupVisibility | None] | None,
+) -> tuple[torch.Tensor, GroupVisibility | torch.Tensor | None]:
+    """Rows and mask of a last block that computes query rows only: the selected content rows appended as its
+    queries (with their own visibility), or the rule restricted to the query rows already there."""
+    if queries_from_content is not None:
+        rows, rows_mask = queries_from_content
+        return torch.cat([hidden_states, gather_rows(hidden_states, rows)], dim=1), rows_mask
+    if isinstance(mask, GroupVisibility):
+        return hidden_states, mask.rows(n_content)
+    if mask is not None:
+        return hidden_states, mask[:, :, n_content:]
+    return hidden_states, None
 
 
 def __getattr__(name: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ from transformers.modeling_outputs import (
     MaskedLMOutput,
     SequenceClassifierOutputWithPast,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_genssl import GenSSLConfig
@@ -54,6 +55,13 @@ CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ 
 
 # Keys of cached tokens get this group id: everything already in the KV cache is visible to every new row.
 _ALWAYS_VISIBLE = torch.iinfo(torch.long).min // 2
+
+
+class _QueryRows(NamedTuple):
+    """Where the query stream's rows are: each row's group id (it sees content of lower groups) and position."""
+
+    group_ids: torch.Tensor
+    position_ids: torch.Tensor
 
 
 @dataclass
@@ -188,16 +196,25 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 "input (e.g. tokenizer(..., truncation=True, max_length=...)) or score it in windows."
             )
 
-    def _check_inputs(self, reference: torch.Tensor, are_ids: bool, group_ids: torch.Tensor | None) -> None:
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        group_ids: torch.Tensor | None,
+        output_attentions: bool,
+    ) -> None:
         """Clear errors for inputs that would otherwise fail deep inside (or silently give wrong results)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        reference = input_ids if input_ids is not None else inputs_embeds
         if reference.ndim < 2 or reference.shape[0] == 0 or reference.shape[1] == 0:
             raise ValueError(
                 f"Got an input of shape {tuple(reference.shape)}: the model needs at least one sequence "
                 "of at least one "
                 "token, shaped (batch, seq). Skip empty batches and empty texts before calling the model."
             )
-        if are_ids and not torch.compiler.is_compiling():  # a host sync would break the graph
-            low, high = int(reference.min()), int(reference.max())
+        if input_ids is not None and not torch.compiler.is_compiling():  # a host sync would break the graph
+            low, high = int(input_ids.min()), int(input_ids.max())
             if low < 0 or high >= self.config.vocab_size:
                 bad = low if low < 0 else high
                 raise ValueError(
@@ -209,6 +226,25 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 f"group_ids must be an integer tensor (an order of the tokens), got {group_ids.dtype}; rounding would "
                 "silently change what each token sees. Build them with torch.long (the data collators do)."
             )
+        if output_attentions and self.config._attn_implementation != "eager":
+            warnings.warn(
+                f"output_attentions=True under attn_implementation={self.config._attn_implementation!r} returns no "
+                "attention maps (only eager computes them): load the model with attn_implementation='eager' or call "
+                "model.set_attn_implementation('eager') first.", UserWarning, stacklevel=2)
+
+    def _attention_mask(
+        self, attention_mask: torch.Tensor | None, inputs_embeds: torch.Tensor, past_length: int
+    ) -> torch.Tensor:
+        """The padding mask over cached and new tokens ``(batch, past + seq)``: all ones when none is given."""
+        batch_size, seq_length = inputs_embeds.shape[:2]
+        if attention_mask is None:
+            return torch.ones(batch_size, past_length + seq_length, dtype=torch.long, device=inputs_embeds.device)
+        if attention_mask.shape != (batch_size, past_length + seq_length):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but should be "
+                f"(batch, past + seq) = {(batch_size, past_length + seq_length)}."
+            )
+        return attention_mask
 
     def _positions(self, attention_mask: torch.Tensor, past_length: int) -> torch.Tensor:
         """Position of each new token counted over real tokens only, so left or right padding changes nothing."""
@@ -222,6 +258,87 @@ class GenSSLModel(GenSSLPreTrainedModel):
             return positions
         return torch.zeros_like(positions)
 
+    def _group_ids(
+        self,
+        group_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        query_group_ids: torch.Tensor | None,
+        query_position_ids: torch.Tensor | None,
+        input_shape: torch.Size,
+    ) -> tuple[torch.Tensor, _QueryRows | None]:
+        """The content rows' group ids, and the query rows (``None`` when only the content stream runs): given
+        explicitly, or one per input token at its own position when ``group_ids`` are given."""
+        if group_ids is not None and group_ids.shape != input_shape:
+            raise ValueError(
+                f"group_ids has shape {tuple(group_ids.shape)} but input_ids has {tuple(input_shape)}; "
+                "give one group id per input token (the data collators do this)."
+            )
+        if (query_group_ids is None) != (query_position_ids is None):
+            raise ValueError("Pass query_group_ids and query_position_ids together.")
+        content_gids = group_ids.long() if group_ids is not None else self._default_group_ids(positions)
+        if query_group_ids is None and group_ids is not None:  # one query row per token, at its own position
+            query_group_ids, query_position_ids = content_gids, positions
+        if query_group_ids is None:
+            return content_gids, None
+        if self.query_stream_start is None:
+            raise ValueError(
+                f"{type(self).__name__} was built without a query stream (add_query_stream=False: this head never "
+                "runs it), so it takes no group_ids; use GenSSLForPreTraining or GenSSLModel for two-stream inputs."
+            )
+        self._check_positions(query_position_ids)
+        return content_gids, _QueryRows(query_group_ids, query_position_ids)
+
+    def _visibility(
+        self,
+        content_gids: torch.Tensor,
+        queries: _QueryRows | None,
+        attention_mask: torch.Tensor,
+        past_length: int,
+        output_attentions: bool,
+    ) -> GroupVisibility | None:
+        """One rule for both streams: rows ``[content; query]`` against the content keys, cached keys always visible.
+        Kept as group ids (no ``rows x keys`` mask); ``None`` when every row sees every key."""
+        batch_size, device = content_gids.shape[0], content_gids.device
+        cached_gids = torch.full((batch_size, past_length), _ALWAYS_VISIBLE, dtype=torch.long, device=device)
+        key_gids = torch.cat([cached_gids, content_gids], dim=1)
+        row_limits = content_gids + 1 if queries is None else torch.cat([content_gids + 1, queries.group_ids], dim=1)
+        mask = GroupVisibility(row_limits, key_gids, attention_mask)
+        if not output_attentions and mask.sees_everything():
+            # every row sees every key (decoding steps, unpadded masked LM): SDPA's unmasked kernel is faster
+            return None
+        return mask
+
+    def _embed_rows(
+        self, inputs_embeds: torch.Tensor, positions: torch.Tensor, queries: _QueryRows | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The rows ``[content; query]`` entering the first block, and RoPE's ``(cos, signed_sin)`` of every row
+        (``None`` with learned positions).
+
+        Positions: learned absolute embeddings added to both streams, or RoPE applied inside attention to every
+        row (content and query rows by their own positions) and to the content keys.
+        """
+        rotary = None
+        if self.config.position_embedding_type == "rope":
+            row_positions = positions if queries is None else torch.cat([positions, queries.position_ids], dim=1)
+            cos, sin = self.rotary_emb(inputs_embeds, row_positions)
+            rotary = (cos[:, None], sin[:, None])  # (batch, 1 head, rows, head_dim)
+            content_embeds = inputs_embeds
+        else:
+            content_embeds = inputs_embeds + self.embed_positions(positions)
+        hidden_states = self.dropout(content_embeds)
+        if queries is not None:
+            hidden_states = torch.cat([hidden_states, self.dropout(self._query_embeds(queries, inputs_embeds.dtype))],
+                                      dim=1)
+        return hidden_states, rotary
+
+    def _query_embeds(self, queries: _QueryRows, dtype: torch.dtype) -> torch.Tensor:
+        """The query stream's input: ``query_stream_start`` at each query row's position (added here, or by RoPE)."""
+        start = self.query_stream_start.to(dtype)
+        if self.config.position_embedding_type == "rope":
+            return start.expand(*queries.position_ids.shape, -1)
+        return start + self.embed_positions(queries.position_ids)
+
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -234,12 +351,11 @@ class GenSSLModel(GenSSLPreTrainedModel):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         return_content_stream: bool = True,
         query_group_ids: torch.LongTensor | None = None,
         query_position_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> GenSSLModelOutput | tuple:
+    ) -> GenSSLModelOutput:
         r"""
         Args:
             input_ids: ``(batch, seq)`` token ids.
@@ -257,127 +373,66 @@ class GenSSLModel(GenSSLPreTrainedModel):
             cache: the KV cache of the content stream (``past_key_values``, its name before transformers 5.24, is
                 still accepted with a deprecation warning).
         """
-        past_key_values = cache
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        self._check_inputs(input_ids if input_ids is not None else inputs_embeds, input_ids is not None, group_ids)
-        if output_attentions and self.config._attn_implementation != "eager":
-            warnings.warn(
-                f"output_attentions=True under attn_implementation={self.config._attn_implementation!r} returns no "
-                "attention maps (only eager computes them): load the model with attn_implementation='eager' or call "
-                "model.set_attn_implementation('eager') first.", UserWarning, stacklevel=2)
+        self._check_inputs(input_ids, inputs_embeds, group_ids, output_attentions)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        batch_size, seq_length = inputs_embeds.shape[:2]
-        device = inputs_embeds.device
-
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if attention_mask is None:
-            attention_mask = torch.ones(batch_size, past_length + seq_length, dtype=torch.long, device=device)
-        if attention_mask.shape != (batch_size, past_length + seq_length):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but should be "
-                f"(batch, past + seq) = {(batch_size, past_length + seq_length)}."
-            )
-        positions = position_ids if position_ids is not None else self._positions(attention_mask, past_length)
-        self._check_positions(positions)
-
-        if group_ids is not None and group_ids.shape != (batch_size, seq_length):
-            raise ValueError(
-                f"group_ids has shape {tuple(group_ids.shape)} but input_ids has {(batch_size, seq_length)}; "
-                "give one group id per input token (the data collators do this)."
-            )
-        if (query_group_ids is None) != (query_position_ids is None):
-            raise ValueError("Pass query_group_ids and query_position_ids together.")
-        content_gids = group_ids.long() if group_ids is not None else self._default_group_ids(positions)
-        if query_group_ids is None and group_ids is not None:  # one query row per token, at its own position
-            query_group_ids, query_position_ids = content_gids, positions
-        two_streams = query_group_ids is not None
-        if two_streams:
-            if self.query_stream_start is None:
-                raise ValueError(
-                    f"{type(self).__name__} was built without a query stream (add_query_stream=False: this head never "
-                    "runs it), so it takes no group_ids; use GenSSLForPreTraining or GenSSLModel for two-stream inputs."
-                )
-            self._check_positions(query_position_ids)
-
-        # One mask for both streams: rows [content; query] against content keys (cached ones always visible).
-        cached_gids = torch.full((batch_size, past_length), _ALWAYS_VISIBLE, dtype=torch.long, device=device)
-        key_gids = torch.cat([cached_gids, content_gids], dim=1)
-        row_limits = torch.cat([content_gids + 1, query_group_ids], dim=1) if two_streams else content_gids + 1
-        mask = GroupVisibility(row_limits, key_gids, attention_mask)  # the rule as group ids; no (rows x keys) mask
-        if not output_attentions and mask.sees_everything():
-            # every row sees every key (decoding steps, unpadded masked LM): SDPA's unmasked kernel is faster
-            mask = None
-
-        # Positions: learned absolute embeddings added to both streams, or RoPE applied inside attention to every
-        # row (content and query rows by their own positions) and to the content keys.
-        rotary = None
-        if self.config.position_embedding_type == "rope":
-            row_positions = torch.cat([positions, query_position_ids], dim=1) if two_streams else positions
-            cos, sin = self.rotary_emb(inputs_embeds, row_positions)
-            rotary = (cos[:, None], sin[:, None])  # (batch, 1 head, rows, head_dim)
-            content_embeds = inputs_embeds
-            if two_streams:
-                query_embeds = self.query_stream_start.to(inputs_embeds.dtype).expand(
-                    batch_size, query_position_ids.shape[1], -1)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+        attention_mask = self._attention_mask(attention_mask, inputs_embeds, past_length)
+        if position_ids is None:
+            position_ids = self._positions(attention_mask, past_length)  # checked there
         else:
-            content_embeds = inputs_embeds + self.embed_positions(positions)
-            if two_streams:
-                query_embeds = (self.query_stream_start.to(inputs_embeds.dtype)
-                                + self.embed_positions(query_position_ids))
-        hidden_states = self.dropout(content_embeds)
-        if two_streams:
-            hidden_states = torch.cat([hidden_states, self.dropout(query_embeds)], dim=1)
-
+            self._check_positions(position_ids)
+        content_gids, queries = self._group_ids(group_ids, position_ids, query_group_ids, query_position_ids,
+                                                inputs_embeds.shape[:2])
+        hidden_states, rotary = self._embed_rows(inputs_embeds, position_ids, queries)
         hidden_states, n_content, all_hidden_states, all_attentions = run_block_stack(
             self.layers,
             hidden_states,
-            seq_length,
-            mask,
-            last_layer_queries_only=two_streams and not return_content_stream,
+            inputs_embeds.shape[1],
+            self._visibility(content_gids, queries, attention_mask, past_length, output_attentions),
+            last_layer_queries_only=queries is not None and not return_content_stream,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            past_key_values=past_key_values,
+            past_key_values=cache,
             rotary=rotary,
         )
-        hidden_states = self.norm(hidden_states)
+        return self._split_streams(self.norm(hidden_states), n_content, queries is not None,
+                                   cache if use_cache else None, all_hidden_states, all_attentions)
 
-        content_out = hidden_states[:, :n_content] if n_content else None
-        query_out = hidden_states[:, n_content:] if two_streams else None
-        if output_hidden_states:  # layers + 1 entries; the last is what the head reads (see GenSSLModelOutput)
+    @staticmethod
+    def _split_streams(
+        rows: torch.Tensor,
+        n_content: int,
+        has_queries: bool,
+        cache: Cache | None,
+        all_hidden_states: tuple | None,
+        all_attentions: tuple | None,
+    ) -> GenSSLModelOutput:
+        """The final (normalised) rows split into the two streams; ``hidden_states`` gets its last entry, what the
+        head reads (see :class:`GenSSLModelOutput`)."""
+        content_out = rows[:, :n_content] if n_content else None
+        query_out = rows[:, n_content:] if has_queries else None
+        if all_hidden_states is not None:
             all_hidden_states += (content_out if content_out is not None else query_out,)
-
-        output = GenSSLModelOutput(
+        return GenSSLModelOutput(
             last_hidden_state=content_out,
             query_hidden_state=query_out,
-            **{CACHE_FIELD: past_key_values if use_cache else None},
+            **{CACHE_FIELD: cache},
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
-        return output if return_dict else output.to_tuple()
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Heads
 # ------------------------------------------------------------------------------------------------------------
-
-
-def _check_labels(labels: torch.Tensor | None, reference: torch.Tensor, name: str = "input_ids") -> None:
-    if labels is not None and labels.shape != reference.shape[:2]:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)} but {name} has {tuple(reference.shape[:2])}; "
-            "give one label per token, -100 where nothing is predicted."
-        )
 
 
 # LoRA's default target modules for GenSSL (PEFT looks them up by model_type when LoraConfig() names none): the
@@ -430,9 +485,40 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: 
 
 
 class _LMHeadMixin:
-    """Vocabulary projection tied to the input embedding (``_tied_weights_keys`` tells transformers 5)."""
+    """What the three language-model heads share: the backbone ``model``, a vocabulary projection ``lm_head`` tied to
+    its input embedding (``_tied_weights_keys`` tells transformers 5), the label check and the output's fields.
+
+    A head says which checkpoints it is meant for (``_expected_checkpoint``: the ``content_attention`` and what to use
+    instead, a warning when it does not match) and whether it ever runs the query stream (``_runs_query_stream``;
+    without, the backbone has no ``query_stream_start``, see :class:`GenSSLModel`).
+    """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _expected_checkpoint: tuple[str, str] | None = None
+    _runs_query_stream = True
+
+    def __init__(self, config: GenSSLConfig):
+        super().__init__(config)
+        if self._expected_checkpoint is not None:
+            self._warn_if_head_mismatches(*self._expected_checkpoint)
+        self.model = GenSSLModel(config, add_query_stream=self._runs_query_stream)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @staticmethod
+    def _check_labels(labels: torch.Tensor | None, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None):
+        """One label per input token (-100 where nothing is predicted)."""
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if labels is not None and labels.shape != reference.shape[:2]:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)} but input_ids has {tuple(reference.shape[:2])}; "
+                "give one label per token, -100 where nothing is predicted."
+            )
+
+    @staticmethod
+    def _output(output_class: type[ModelOutput], outputs: GenSSLModelOutput, **fields) -> ModelOutput:
+        """``output_class`` with the head's own ``fields`` and the backbone's ``hidden_states`` / ``attentions``."""
+        return output_class(**fields, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -456,12 +542,7 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
     In eval mode the default is the full ``(batch, seq, vocab)`` logits; BERT computes them everywhere.
     """
 
-    def __init__(self, config: GenSSLConfig):
-        super().__init__(config)
-        self.model = GenSSLModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -472,10 +553,9 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> GenSSLForPreTrainingOutput | tuple:
+    ) -> GenSSLForPreTrainingOutput:
         r"""
         Args:
             only_target_logits: logits only at the targets (see above); default: ``self.training``.
@@ -483,8 +563,7 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
                 of token losses divided by it. Default: this batch's targets.
         """
         only_target_logits = self.training if only_target_logits is None else only_target_logits
-        _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_labels(labels, input_ids, inputs_embeds)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -516,10 +595,7 @@ class GenSSLForPreTraining(_LMHeadMixin, GenSSLPreTrainedModel):
             if labels is not None:
                 loss = token_loss(logits, labels, num_items_in_batch)
 
-        output = GenSSLForPreTrainingOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return output if return_dict else output.to_tuple()
+        return self._output(GenSSLForPreTrainingOutput, outputs, loss=loss, logits=logits)
 
 
 class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
@@ -533,13 +609,8 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
     ``logits[:, i]`` predicts token ``i + 1``; ``labels`` are the input ids (shifted inside), as in GPT-2.
     """
 
-    def __init__(self, config: GenSSLConfig):
-        super().__init__(config)
-        self._warn_if_head_mismatches("causal", "Generate from a masked checkpoint with GenSSLForMaskedLM.generate "
-                                      "(iterative unmasking) or fill-mask.")
-        self.model = GenSSLModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+    _expected_checkpoint = ("causal", "Generate from a masked checkpoint with GenSSLForMaskedLM.generate "
+                            "(iterative unmasking) or fill-mask.")
 
     def generate(self, inputs: torch.Tensor | None = None, *args, group_size: int | None = None, **kwargs):
         """``GenerationMixin.generate``, plus group-parallel decoding with ``group_size=g``.
@@ -573,6 +644,7 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             kwargs.update(zip(names, args, strict=False))
         return group_parallel_generate(self, inputs, group_size=group_size, **kwargs)
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -585,12 +657,11 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> CausalLMOutputWithPast | tuple:
+    ) -> CausalLMOutputWithPast:
         r"""
         Args:
             labels: ``(batch, seq)``, the input ids (shifted inside, -100 = ignored), as in GPT-2.
@@ -602,62 +673,75 @@ class GenSSLForCausalLM(_LMHeadMixin, GenSSLPreTrainedModel, GenerationMixin):
             logits_to_keep: compute logits only for the last ``logits_to_keep`` positions (an int), or at the given
                 positions (a 1-D tensor of indices), as transformers' causal LMs.
         """
-        past_key_values = cache
-        if self.config.content_attention != "causal" and (past_key_values is not None or use_cache):
+        if self.config.content_attention != "causal" and (cache is not None or use_cache):
             raise ValueError(
                 "This checkpoint's content stream is bidirectional (masked pretraining); a KV cache would change "
                 "its predictions. Generate from it by iterative unmasking instead, or pass use_cache=False."
             )
-        _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_labels(labels, input_ids, inputs_embeds)
         kwargs.pop("cache_position", None)
-        reference = input_ids if input_ids is not None else inputs_embeds
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if position_ids is None:
-            mask = attention_mask
-            if mask is None:
-                mask = torch.ones(reference.shape[0], past_length + reference.shape[1], device=reference.device)
-            position_ids = self.model._positions(mask, past_length)
-        # The row predicting the token after the last position sits one past it; if the model has no position
-        # left there, no next token can be placed anyway, so the clamped row is never a valid prediction.
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0 and labels is None and shift_labels is None:
-            # Decoding reads only the last row(s): a next token past the last position cannot be placed; the same
-            # error as a too-long input (a full forward's clamped last row is never read by a loss or a decoder).
-            self.model._check_positions(position_ids[:, -logits_to_keep:] + 1)
-        next_positions = (position_ids + 1).clamp(max=self.config.max_sequence_length - 1)
+        decoding = isinstance(logits_to_keep, int) and logits_to_keep > 0 and labels is None and shift_labels is None
+        position_ids = self._token_positions(input_ids, inputs_embeds, attention_mask, position_ids, cache,
+                                             rows_read=logits_to_keep if decoding else 0)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
             return_content_stream=False,
+            # The row predicting the token after position i sits one past it and sees content <= i. If the model has
+            # no position left there, no next token can be placed anyway, so the clamped row is never a prediction.
             query_group_ids=position_ids + 1,
-            query_position_ids=next_positions,
+            query_position_ids=(position_ids + 1).clamp(max=self.config.max_sequence_length - 1),
             **kwargs,
         )
-        hidden = outputs.query_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, keep])
+        logits = self.lm_head(outputs.query_hidden_state[:, keep])
+        loss = self._shifted_loss(logits, labels, shift_labels, num_items_in_batch)
+        return self._output(CausalLMOutputWithPast, outputs, loss=loss, logits=logits,
+                            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
-        loss = None
-        if labels is not None or shift_labels is not None:
-            targets = shift_labels if shift_labels is not None else labels[:, 1:]
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                                      shift_labels=shift_labels,
-                                      num_items_in_batch=_num_items(num_items_in_batch, targets))
-        output = CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+    def _token_positions(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        cache: Cache | None,
+        rows_read: int,
+    ) -> torch.Tensor:
+        """Positions of the new tokens (counted over real tokens unless given). When decoding reads only the last
+        ``rows_read`` rows, the token after each must have a position left: the same error as a too-long input (a
+        full forward's clamped last row is never read by a loss or a decoder)."""
+        if position_ids is None:
+            reference = input_ids if input_ids is not None else inputs_embeds
+            past_length = cache.get_seq_length() if cache is not None else 0
+            mask = attention_mask
+            if mask is None:
+                mask = torch.ones(reference.shape[0], past_length + reference.shape[1], device=reference.device)
+            position_ids = self.model._positions(mask, past_length)
+        if rows_read:
+            self.model._check_positions(position_ids[:, -rows_read:] + 1)
+        return position_ids
+
+    def _shifted_loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None,
+        shift_labels: torch.Tensor | None,
+        num_items_in_batch: int | torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """transformers' causal-LM loss (``labels`` shifted inside, or ``shift_labels`` as they are)."""
+        if labels is None and shift_labels is None:
+            return None
+        targets = shift_labels if shift_labels is not None else labels[:, 1:]
+        return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                  shift_labels=shift_labels, num_items_in_batch=_num_items(num_items_in_batch, targets))
 
 
 class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
@@ -668,14 +752,9 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"query_stream_start"]
-
-    def __init__(self, config: GenSSLConfig):
-        super().__init__(config)
-        self._warn_if_head_mismatches("bidirectional", "A causal checkpoint predicts left to right: use "
-                                      "GenSSLForCausalLM (text-generation) instead.")
-        self.model = GenSSLModel(config, add_query_stream=False)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
+    _expected_checkpoint = ("bidirectional", "A causal checkpoint predicts left to right: use GenSSLForCausalLM "
+                            "(text-generation) instead.")
+    _runs_query_stream = False
 
     def generate(
         self,
@@ -701,6 +780,7 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
         kwargs.setdefault("max_new_tokens", 32)
         return unmasking_generate(self, input_ids, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -709,12 +789,10 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
-    ) -> MaskedLMOutput | tuple:
-        _check_labels(labels, input_ids if input_ids is not None else inputs_embeds)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> MaskedLMOutput:
+        self._check_labels(labels, input_ids, inputs_embeds)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -726,13 +804,8 @@ class GenSSLForMaskedLM(_LMHeadMixin, GenSSLPreTrainedModel):
             **kwargs,
         )
         logits = self.lm_head(outputs.last_hidden_state)
-        loss = None
-        if labels is not None:
-            loss = token_loss(logits, labels, num_items_in_batch)
-        output = MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return output if return_dict else output.to_tuple()
+        loss = token_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        return self._output(MaskedLMOutput, outputs, loss=loss, logits=logits)
 
 
 class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
@@ -779,6 +852,7 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
         last = (attention_mask.long() * (positions + 1)).argmax(-1)  # last real token, left or right padding
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -787,10 +861,8 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutputWithPast | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> SequenceClassifierOutputWithPast:
         reference = input_ids if input_ids is not None else inputs_embeds
         if labels is not None and labels.shape[0] != reference.shape[0]:
             raise ValueError(f"labels has {labels.shape[0]} rows but the batch has {reference.shape[0]} sequences.")
@@ -818,10 +890,9 @@ class GenSSLForSequenceClassification(GenSSLPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        output = SequenceClassifierOutputWithPast(
+        return SequenceClassifierOutputWithPast(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict else output.to_tuple()
 
 
 # Save the code files with every checkpoint (see `GenSSLConfig.auto_map` for the full map).

@@ -182,35 +182,9 @@ def group_parallel_decode(
     if mode not in (GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE):
         raise _unsupported(mode.value.replace("_", " "), group_size)
     backbone, head = _backbone_and_head(model)
-    config = backbone.config
-    cache = model_kwargs.pop("cache", None)
-    if cache is None:
-        cache = DynamicCache(config=config)
-    elif not isinstance(cache, DynamicCache) or cache.get_seq_length() > 0:
-        raise _unsupported("decoding into a given or pre-filled cache (pass no cache)", group_size)
-    mask = model_kwargs.pop("attention_mask", None)
-    for name in ("position_ids", "logits_to_keep", "use_cache"):  # prepared by generate for the one-token path
-        model_kwargs.pop(name, None)
-    unknown = [name for name, value in model_kwargs.items() if value is not None]
-    if unknown:
-        raise _unsupported(f"the model inputs {unknown}", group_size)
-
+    cache, mask = _decoding_cache_and_mask(backbone.config, input_ids, generation_config, group_size, model_kwargs)
     batch_size, device = input_ids.shape[0], input_ids.device
-    mask = torch.ones_like(input_ids) if mask is None else mask.long()
-    longest = int(mask.sum(1).max()) + generation_config.max_length - input_ids.shape[1]
-    if longest > config.max_sequence_length:
-        raise ValueError(
-            f"prompt + new tokens ({longest}) exceeds max_sequence_length={config.max_sequence_length} "
-            f"(max_position_embeddings={config.max_position_embeddings}, extended only by a RoPE scaling); "
-            "lower max_new_tokens / max_length or shorten the prompt."
-        )
-    pad_token_id = generation_config._pad_token_tensor
-    has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
-    keep_scores = generation_config.return_dict_in_generate and generation_config.output_scores
-    keep_logits = generation_config.return_dict_in_generate and generation_config.output_logits
-    scores = () if keep_scores else None
-    raw_logits = () if keep_logits else None
-    unfinished = torch.ones(batch_size, dtype=torch.long, device=device)
+    tokens = _TokenChooser(input_ids, logits_processor, stopping_criteria, generation_config, streamer, generator)
 
     content_ids = input_ids
     content_positions = backbone._positions(mask, 0)
@@ -235,25 +209,10 @@ def group_parallel_decode(
         )
         group_logits = skinny_linear(head, outputs.query_hidden_state).float()
         for j in range(n):
-            next_logits = group_logits[:, j]
-            next_scores = logits_processor(input_ids, next_logits)
-            if keep_scores:
-                scores += (next_scores,)
-            if keep_logits:
-                raw_logits += (next_logits,)
-            if generation_config.do_sample:
-                next_tokens = torch.multinomial(next_scores.softmax(-1), 1, generator=generator).squeeze(1)
-            else:
-                next_tokens = next_scores.argmax(-1)
-            if has_eos_stopping_criteria:  # finished sequences get padding
-                next_tokens = next_tokens * unfinished + pad_token_id * (1 - unfinished)
-            input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
-            if streamer is not None:
-                streamer.put(next_tokens.cpu())
-            unfinished = unfinished & ~stopping_criteria(input_ids, scores)
-            if int(unfinished.max()) == 0:
+            if tokens.append(group_logits[:, j]):  # every sequence has finished: stop at this token
                 done = True
                 break
+        input_ids = tokens.input_ids
         # The group just emitted becomes content: one group (it sees itself), at the positions it was predicted at.
         content_ids, content_positions = input_ids[:, -n:], query_positions
         content_gids = next_position.expand(batch_size, n)
@@ -263,13 +222,84 @@ def group_parallel_decode(
     if streamer is not None:
         streamer.end()
     if not generation_config.return_dict_in_generate:
-        return input_ids
+        return tokens.input_ids
     return GenerateDecoderOnlyOutput(
-        sequences=input_ids,
-        scores=scores,
-        logits=raw_logits,
+        sequences=tokens.input_ids,
+        scores=tokens.scores,
+        logits=tokens.raw_logits,
         **{CACHE_FIELD: cache if generation_config.use_cache else None},
     )
+
+
+def _decoding_cache_and_mask(
+    config, input_ids: torch.LongTensor, generation_config: GenerationConfig, group_size: int, model_kwargs: dict
+) -> tuple[DynamicCache, torch.Tensor]:
+    """The empty KV cache and the prompt's padding mask from what ``generate`` prepared, refusing inputs the group
+    loop cannot honour (a pre-filled cache, other model inputs, more positions than the model has)."""
+    cache = model_kwargs.pop("cache", None)
+    if cache is None:
+        cache = DynamicCache(config=config)
+    elif not isinstance(cache, DynamicCache) or cache.get_seq_length() > 0:
+        raise _unsupported("decoding into a given or pre-filled cache (pass no cache)", group_size)
+    mask = model_kwargs.pop("attention_mask", None)
+    for name in ("position_ids", "logits_to_keep", "use_cache"):  # prepared by generate for the one-token path
+        model_kwargs.pop(name, None)
+    unknown = [name for name, value in model_kwargs.items() if value is not None]
+    if unknown:
+        raise _unsupported(f"the model inputs {unknown}", group_size)
+    mask = torch.ones_like(input_ids) if mask is None else mask.long()
+    longest = int(mask.sum(1).max()) + generation_config.max_length - input_ids.shape[1]
+    if longest > config.max_sequence_length:
+        raise ValueError(
+            f"prompt + new tokens ({longest}) exceeds max_sequence_length={config.max_sequence_length} "
+            f"(max_position_embeddings={config.max_position_embeddings}, extended only by a RoPE scaling); "
+            "lower max_new_tokens / max_length or shorten the prompt."
+        )
+    return cache, mask
+
+
+class _TokenChooser:
+    """Chooses and appends one token per sequence at a time, as transformers' ``_sample`` does: the logits processors
+    and stopping criteria see the sequence so far, finished sequences get padding, the streamer and the
+    ``scores`` / ``logits`` of ``return_dict_in_generate`` get every token."""
+
+    def __init__(
+        self,
+        input_ids: torch.LongTensor,
+        logits_processor: LogitsProcessorList,
+        stopping_criteria: StoppingCriteriaList,
+        generation_config: GenerationConfig,
+        streamer: BaseStreamer | None,
+        generator: torch.Generator | None,
+    ):
+        self.input_ids = input_ids
+        self.logits_processor, self.stopping_criteria = logits_processor, stopping_criteria
+        self.do_sample, self.streamer, self.generator = generation_config.do_sample, streamer, generator
+        self.pad_token_id = generation_config._pad_token_tensor
+        self.has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+        keep = generation_config.return_dict_in_generate
+        self.scores = () if keep and generation_config.output_scores else None
+        self.raw_logits = () if keep and generation_config.output_logits else None
+        self.unfinished = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+
+    def append(self, next_logits: torch.Tensor) -> bool:
+        """Append the token chosen from ``next_logits`` ``(batch, vocab)``; True when every sequence has finished."""
+        next_scores = self.logits_processor(self.input_ids, next_logits)
+        if self.scores is not None:
+            self.scores += (next_scores,)
+        if self.raw_logits is not None:
+            self.raw_logits += (next_logits,)
+        if self.do_sample:
+            next_tokens = torch.multinomial(next_scores.softmax(-1), 1, generator=self.generator).squeeze(1)
+        else:
+            next_tokens = next_scores.argmax(-1)
+        if self.has_eos_stopping_criteria:  # finished sequences get padding
+            next_tokens = next_tokens * self.unfinished + self.pad_token_id * (1 - self.unfinished)
+        self.input_ids = torch.cat([self.input_ids, next_tokens[:, None]], dim=-1)
+        if self.streamer is not None:
+            self.streamer.put(next_tokens.cpu())
+        self.unfinished = self.unfinished & ~self.stopping_criteria(self.input_ids, self.scores)
+        return int(self.unfinished.max()) == 0
 
 
 @torch.no_grad()

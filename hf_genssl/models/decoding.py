@@ -219,16 +219,7 @@ def group_parallel_decode(
         mask = torch.cat([mask, torch.ones(batch_size, n, dtype=mask.dtype, device=device)], dim=1)
         next_position = next_position + n
 
-    if streamer is not None:
-        streamer.end()
-    if not generation_config.return_dict_in_generate:
-        return tokens.input_ids
-    return GenerateDecoderOnlyOutput(
-        sequences=tokens.input_ids,
-        scores=tokens.scores,
-        logits=tokens.raw_logits,
-        **{CACHE_FIELD: cache if generation_config.use_cache else None},
-    )
+    return tokens.finish(cache if generation_config.use_cache else None)
 
 
 def _decoding_cache_and_mask(
@@ -273,6 +264,7 @@ class _TokenChooser:
         generator: torch.Generator | None,
     ):
         self.input_ids = input_ids
+        self.return_dict_in_generate = generation_config.return_dict_in_generate
         self.logits_processor, self.stopping_criteria = logits_processor, stopping_criteria
         self.do_sample, self.streamer, self.generator = generation_config.do_sample, streamer, generator
         self.pad_token_id = generation_config._pad_token_tensor
@@ -300,6 +292,16 @@ class _TokenChooser:
             self.streamer.put(next_tokens.cpu())
         self.unfinished = self.unfinished & ~self.stopping_criteria(self.input_ids, self.scores)
         return int(self.unfinished.max()) == 0
+
+    def finish(self, cache: DynamicCache | None) -> GenerateDecoderOnlyOutput | torch.LongTensor:
+        """End the stream; the sequences, or ``generate``'s output object with ``return_dict_in_generate``."""
+        if self.streamer is not None:
+            self.streamer.end()
+        if not self.return_dict_in_generate:
+            return self.input_ids
+        return GenerateDecoderOnlyOutput(
+            sequences=self.input_ids, scores=self.scores, logits=self.raw_logits, **{CACHE_FIELD: cache}
+        )
 
 
 @torch.no_grad()

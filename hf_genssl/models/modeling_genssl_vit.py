@@ -297,7 +297,6 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
         for name, value in (("group_ids", group_ids), ("bool_masked_pos", bool_masked_pos),
                             ("prediction_patches", prediction_patches)):
             self._check_patch_tensor(name, value, pixel_values.shape[0])
-
         content = self.embeddings(pixel_values, bool_masked_pos)
         selection = _selected_indices(prediction_patches.bool()) if prediction_patches is not None else None
         if group_ids is not None:
@@ -314,11 +313,23 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        hidden_states = self.layernorm(hidden_states)
+        return self._split_streams(self.layernorm(hidden_states), n_content, group_ids is not None, selection,
+                                   all_hidden_states, all_attentions)
 
-        content_out = hidden_states[:, :n_content] if n_content else None
-        query_out = hidden_states[:, n_content:] if (group_ids is not None or selection is not None) else None
-        if output_hidden_states:  # layers + 1 entries; the last is what the head reads
+    @staticmethod
+    def _split_streams(
+        rows: torch.Tensor,
+        n_content: int,
+        two_streams: bool,
+        selection: tuple[torch.Tensor, torch.Tensor] | None,
+        all_hidden_states: tuple | None,
+        all_attentions: tuple | None,
+    ) -> GenSSLViTModelOutput:
+        """The final (normalised) rows split into content and query (or selected-patch) rows; ``hidden_states`` gets
+        its last entry, what the head reads."""
+        content_out = rows[:, :n_content] if n_content else None
+        query_out = rows[:, n_content:] if (two_streams or selection is not None) else None
+        if all_hidden_states is not None:
             all_hidden_states += (content_out if content_out is not None else query_out,)
         return GenSSLViTModelOutput(
             last_hidden_state=content_out,

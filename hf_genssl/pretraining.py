@@ -743,9 +743,9 @@ def _model(cfg: PretrainConfig, tokenizer, objective: Objective):
 def _pretrained_model(cfg: PretrainConfig, processor, objective: Objective):
     """A saved GenSSL checkpoint to continue pretraining, possibly under another objective (e.g. AR -> semi-AR).
 
-    The checkpoint's architecture wins over the config's model fields; the content stream's attention follows
-    the new objective; the embeddings grow when the tokenizer gained special tokens. Our own classes load it,
-    so no code from the checkpoint runs.
+    The checkpoint's architecture wins over the config's model fields; the content stream's attention and the
+    ViT's pixel target (``norm_pix_loss``) follow the run; the embeddings grow when the tokenizer gained special
+    tokens. Our own classes load it, so no code from the checkpoint runs.
     """
     from .models.configuration_genssl import GenSSLConfig
     from .models.configuration_genssl_vit import GenSSLViTConfig
@@ -768,6 +768,10 @@ def _pretrained_model(cfg: PretrainConfig, processor, objective: Objective):
         if differ:
             raise ValueError(f"model_name_or_path={path!r} was pretrained on other patches: this run has "
                              f"{', '.join(differ)}; set them to the checkpoint's.")
+        if config.norm_pix_loss != cfg.norm_pix_loss:  # what the loss regresses is the run's choice, as its objective
+            logger.warning("norm_pix_loss: this run's %s replaces the checkpoint's %s (the pixel target is set by the "
+                           "run, like the objective).", cfg.norm_pix_loss, config.norm_pix_loss)
+            config.norm_pix_loss = cfg.norm_pix_loss
     config.content_attention = objective.content_attention
     model_class = GenSSLViTForPreTraining if objective.modality == "image" else GenSSLForPreTraining
     model = model_class.from_pretrained(path, config=config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -473,3 +474,23 @@ def test_continuing_a_vit_checkpoint_with_other_patches_is_a_one_line_error(tmp_
                                      "cache_dir": os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache"),
                                      "output_dir": str(tmp_path / "run")})
     assert "\n" not in str(e.value)
+
+
+def test_continuing_a_vit_checkpoint_takes_the_runs_pixel_target_and_says_so(tmp_path, caplog):
+    """`norm_pix_loss` is what the loss regresses, the run's choice like its objective: the checkpoint's value used
+    to win silently."""
+    from hf_genssl.models.configuration_genssl_vit import GenSSLViTConfig
+    from hf_genssl.models.modeling_genssl_vit import GenSSLViTForPreTraining
+
+    GenSSLViTForPreTraining(GenSSLViTConfig(image_size=28, patch_size=4, num_channels=1, hidden_size=32,
+                                            num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                            norm_pix_loss=True)).save_pretrained(tmp_path / "checkpoint")
+    with caplog.at_level(logging.WARNING, logger="hf_genssl.pretraining"):
+        result = run_pretraining("vit_tiny", {"image_dataset": "mnist_5k", "max_images": 64, "max_steps": 1,
+                                              "progress": False, "objective": "vit_variable_masked",
+                                              "mask_ratio_range": [0.25, 0.75], "mixed_precision": "no",
+                                              "model_name_or_path": str(tmp_path / "checkpoint"),
+                                              "cache_dir": os.environ.get("GENSSL_CACHE") or str(tmp_path / "cache"),
+                                              "output_dir": str(tmp_path / "run")})
+    assert GenSSLViTConfig.from_pretrained(result["final_dir"]).norm_pix_loss is False
+    assert "norm_pix_loss: this run's False replaces the checkpoint's True" in caplog.text

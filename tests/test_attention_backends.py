@@ -248,6 +248,18 @@ def test_flex_backward_on_cuda_equals_eager():
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def _assert_one_graph_with_the_eager_loss(model, batch: dict) -> None:
+    """The training forward traces as one graph (no breaks), and the traced path (checks skipped, every position
+    through the head) gives the eager loss."""
+    explanation = torch._dynamo.explain(model)(**batch, only_target_logits=True)
+    assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
+    model.eval()
+    traced = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(**batch, only_target_logits=True).loss,
+                                   model(**batch, only_target_logits=True).loss, atol=1e-6, rtol=1e-6)
+
+
 def test_pretraining_forward_has_no_graph_breaks():
     """torch.compile sees one graph: no host syncs (value checks, data-dependent shapes) in the training forward."""
     from hf_genssl import DataCollatorForSemiAutoregressiveLM
@@ -256,14 +268,7 @@ def test_pretraining_forward_has_no_graph_breaks():
     model = GenSSLForPreTraining._from_config(tiny_config(), attn_implementation="sdpa").train()
     collator = DataCollatorForSemiAutoregressiveLM(bos_token_id=1, pad_token_id=0, group_size=2, seed=0)
     batch = collator([list(range(10, 40)), list(range(50, 70))])
-    explanation = torch._dynamo.explain(model)(**batch, only_target_logits=True)
-    assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
-    # The traced path (checks skipped, every position through the vocabulary head) gives the eager loss.
-    model.eval()
-    traced = torch.compile(model, backend="eager", fullgraph=True)
-    with torch.no_grad():
-        torch.testing.assert_close(traced(**batch, only_target_logits=True).loss,
-                                   model(**batch, only_target_logits=True).loss, atol=1e-6, rtol=1e-6)
+    _assert_one_graph_with_the_eager_loss(model, batch)
 
 
 def test_compiled_training_forward_compiles_once():
@@ -317,13 +322,7 @@ def test_vit_pretraining_forward_has_no_graph_breaks(objective):
     model, batch = _vit_pretraining_batch(objective)
     targets = model(**batch).target_mask
     assert len(set(targets.sum(1).tolist())) > 1 or objective == "semi_autoregressive"  # counts differ per image
-    explanation = torch._dynamo.explain(model)(**batch, only_target_logits=True)
-    assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
-    model.eval()
-    traced = torch.compile(model, backend="eager", fullgraph=True)
-    with torch.no_grad():
-        torch.testing.assert_close(traced(**batch, only_target_logits=True).loss,
-                                   model(**batch, only_target_logits=True).loss, atol=1e-6, rtol=1e-6)
+    _assert_one_graph_with_the_eager_loss(model, batch)
 
 
 @pytest.mark.parametrize("objective", VIT_OBJECTIVES)

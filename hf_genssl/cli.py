@@ -52,7 +52,7 @@ def cmd_eval_ppl(args: argparse.Namespace) -> int:
     texts, source = _read_texts(args.data, args.limit, args.cache_dir)
     result = prefix_perplexity(args.model, texts, window=args.window, stride=args.stride,
                                batch_size=args.batch_size, bucket_size=args.bucket_size, progress=True,
-                               trust_remote_code=args.trust_remote_code)
+                               trust_remote_code=args.trust_remote_code, trailing_masks=args.trailing_masks)
     summary = {"model": args.model, "data": source, "texts": len(texts), **result.to_dict()}
     print(f"prefix perplexity {result.perplexity:.2f} ({result.method}) on {source}: {result.tokens_scored} tokens "
           f"in {result.windows} windows of {result.window} (stride {result.stride})")
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="window stride (default: the window)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--bucket-size", type=int, default=8, help="prefix-length bucket width for the curve")
+    p.add_argument("--trailing-masks", type=int, metavar="H",
+                   help="masked checkpoints: read each token from its prefix + exactly H [MASK]s (default: [MASK]s to "
+                        "the window's end, which tells the model where the window ends; see hf_genssl.perplexity)")
     p.add_argument("--limit", type=int, help="score only the first N texts")
     p.add_argument("--cache-dir", help="data cache (default: $GENSSL_CACHE or ~/.cache/hf_genssl)")
     p.add_argument("--out", help="write prefix_perplexity.json and .png here")

@@ -4,6 +4,7 @@ without torch or transformers."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -158,3 +159,37 @@ def test_the_command_line_registers_the_models_for_commands_that_load_one(tmp_pa
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"prefix perplexity \d", result.stdout)
+
+
+def test_eval_ppl_trailing_masks_flag_reaches_the_measurement(tmp_path, tokenizer, capsys):
+    """`genssl eval-ppl --trailing-masks H` scores a masked checkpoint with exactly H masks after each prefix: the
+    JSON it writes equals `prefix_perplexity(..., trailing_masks=H)` and differs from the default reading; a causal
+    checkpoint is a one-line error (exit 2)."""
+    import torch
+
+    from hf_genssl import GenSSLForCausalLM, GenSSLForMaskedLM
+    from hf_genssl.perplexity import prefix_perplexity
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    texts = ["the of and to a in that is was he for it with as his on be", "at by i this had not are but from or"]
+    (tmp_path / "texts.txt").write_text("\n\n".join(texts))
+    masked = GenSSLForMaskedLM(tiny_config(vocab_size=len(tokenizer), content_attention="bidirectional")).eval()
+    masked.save_pretrained(tmp_path / "masked")
+    tokenizer.save_pretrained(tmp_path / "masked")
+    args = ["eval-ppl", "--model", str(tmp_path / "masked"), "--data", str(tmp_path / "texts.txt"), "--window", "12",
+            "--stride", "6"]
+    assert cli.main([*args, "--trailing-masks", "2", "--out", str(tmp_path / "h2")]) == 0
+    written = json.loads((tmp_path / "h2" / "prefix_perplexity.json").read_text())
+    expected = prefix_perplexity(masked, texts, tokenizer, window=12, stride=6, trailing_masks=2)
+    default = prefix_perplexity(masked, texts, tokenizer, window=12, stride=6)
+    assert written["trailing_masks"] == 2
+    assert written["perplexity"] == pytest.approx(expected.perplexity, rel=1e-6)
+    assert written["perplexity"] != pytest.approx(default.perplexity, rel=1e-4)
+
+    GenSSLForCausalLM(tiny_config(vocab_size=len(tokenizer))).save_pretrained(tmp_path / "causal")
+    tokenizer.save_pretrained(tmp_path / "causal")
+    capsys.readouterr()
+    assert cli.main(["eval-ppl", "--model", str(tmp_path / "causal"), "--data", str(tmp_path / "texts.txt"),
+                     "--trailing-masks", "1"]) == 2
+    assert "trailing_masks applies to masked" in capsys.readouterr().err

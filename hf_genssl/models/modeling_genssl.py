@@ -276,7 +276,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
         if (query_group_ids is None) != (query_position_ids is None):
             raise ValueError("Pass query_group_ids and query_position_ids together.")
         content_gids = group_ids.long() if group_ids is not None else self._default_group_ids(positions)
-        if query_group_ids is None and group_ids is not None:  # one query row per token, at its own position
+        explicit = query_group_ids is not None
+        if not explicit and group_ids is not None:  # one query row per token, at its own position
             query_group_ids, query_position_ids = content_gids, positions
         if query_group_ids is None:
             return content_gids, None
@@ -285,7 +286,8 @@ class GenSSLModel(GenSSLPreTrainedModel):
                 f"{type(self).__name__} was built without a query stream (add_query_stream=False: this head never "
                 "runs it), so it takes no group_ids; use GenSSLForPreTraining or GenSSLModel for two-stream inputs."
             )
-        self._check_positions(query_position_ids)
+        if explicit:  # the default query positions are the content positions, checked by the caller
+            self._check_positions(query_position_ids)
         return content_gids, _QueryRows(query_group_ids, query_position_ids)
 
     def _visibility(

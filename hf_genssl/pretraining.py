@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from .collators import DataCollatorForSemiAutoregressiveLM, DataCollatorForVariableLengthMasking
-from .data.sources import hashes_problem, sha256_file
+from .data.sources import file_hashes, hashes_problem
 
 __all__ = ["PretrainConfig", "OBJECTIVES", "load_config", "parse_overrides", "run_pretraining"]
 
@@ -495,9 +495,7 @@ class CheckpointError(ValueError):
 
 def _write_manifest(folder: Path) -> None:
     """sha256 of every file in ``folder`` (written last: a folder with a manifest was completely written)."""
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
-             and p.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps({"sha256": files}, indent=1))
+    (folder / MANIFEST).write_text(json.dumps({"sha256": file_hashes(folder, skip=(MANIFEST,))}, indent=1))
 
 
 def _manifest_problem(folder: Path) -> str | None:

@@ -136,8 +136,10 @@ def _model_and_tokenizer(cfg: FinetuneConfig, info):
     if cfg.lora:
         from peft import LoraConfig, TaskType, get_peft_model
 
+        from hf_genssl.models.modeling_genssl import PEFT_TARGET_MODULES
+
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
-                                                 target_modules=["q_proj", "v_proj"], modules_to_save=["score"]))
+                                                 target_modules=PEFT_TARGET_MODULES, modules_to_save=["score"]))
     return model, tokenizer
 
 

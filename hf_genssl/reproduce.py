@@ -255,7 +255,13 @@ MEASURED = {"classification": "label_connectivity", "generation": "test_perplexi
 """What a pretrained cell's JSON must record under the current protocol; a JSON without it is run again (same seed,
 same numbers for what it had, plus the new measurement). Controls without a representation are exempt."""
 
-MASKED_OBJECTIVES = ("masked", "variable_masked")
+
+def _is_masked(settings: dict) -> bool:
+    """Whether a cell pretrains a masked (bidirectional) model, as the pretraining objective registry says."""
+    from .pretraining import OBJECTIVES
+
+    objective = settings.get("objective")
+    return objective in OBJECTIVES and OBJECTIVES[objective].content_attention == "bidirectional"
 
 
 def _needed(experiment: str, settings: dict) -> tuple[str, ...]:
@@ -264,7 +270,7 @@ def _needed(experiment: str, settings: dict) -> tuple[str, ...]:
     if settings.get("control") not in (None, "random_init"):
         return ()
     needed = (MEASURED[experiment],) if experiment in MEASURED else ()
-    if experiment == "generation" and settings.get("objective") in MASKED_OBJECTIVES:
+    if experiment == "generation" and _is_masked(settings):
         needed += ("fixed_masks",)
     return needed
 
@@ -444,7 +450,7 @@ def run_generation(out: Path, scale: Scale, cache_dir, definitions: Definitions)
                         "test_tokens_scored": test.tokens_scored, "ood_perplexity": ood.perplexity,
                         "ood_tokens_scored": ood.tokens_scored,
                         "connectivity": top_similarity(text_features(model, texts["passages"], tokenizer))}
-        if run.settings.get("objective") in MASKED_OBJECTIVES:
+        if _is_masked(run.settings):
             measured["fixed_masks"] = _fixed_masks_perplexity(model, tokenizer, texts, definitions.trailing_masks)
         run.record(data, **measured)
 

@@ -37,10 +37,12 @@ these machines have no Hub access).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
 import statistics
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -52,6 +54,8 @@ from .stats import Comparison, compare_paired, format_p, format_t, is_borderline
 
 if TYPE_CHECKING:  # the model modules import torch: loaded only when an experiment runs
     from .models.modeling_genssl_vit import GenSSLViTForPreTraining
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["EXPERIMENTS", "BorderlineRule", "Definitions", "Scale", "load_definitions", "run_reproduce", "summarise"]
 
@@ -201,6 +205,27 @@ def _hardware() -> str:
     return f"{platform.machine()}, {device}, torch {torch.__version__}"
 
 
+def _code_version() -> str:
+    """hf_genssl's version and, when it runs from a git checkout, the commit (``+ uncommitted changes`` when tracked
+    files differ from it): recorded in every JSON, so that a run resumed across sessions shows which code made each
+    cell. An installed package (no checkout of its own) gives the version alone."""
+    from . import __version__
+
+    version = f"hf_genssl {__version__}"
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():  # an installed copy, maybe inside someone else's repository
+        return version
+    git = ["git", "-C", str(root)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                                timeout=30).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}, git {commit}{' + uncommitted changes' if changed else ''}"
+
+
 def pretrain_config(settings: dict, scale: Scale, seed: int, output_dir: str, cache_dir=None) -> dict:
     """The ``run_pretraining`` config of one cell: cells of one modality differ only in the objective's settings."""
     if settings["objective"].startswith("vit_"):
@@ -230,12 +255,13 @@ class _Run:
         payload = {"experiment": self.experiment, "cell": self.cell, "seed": self.seed, "settings": self.settings,
                    "scale": self.scale.vit_pretrain if vision else self.scale.pretrain, "data": data, **results,
                    "seconds": time.perf_counter() - self.started, "scale_name": self.scale.name,
-                   "hardware": _hardware()}
+                   "hardware": _hardware(), "code": _code_version()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(payload, indent=2, default=str))
 
 
-_RECORD_FIELDS = ("experiment", "cell", "seed", "settings", "scale", "data", "seconds", "scale_name", "hardware")
+_RECORD_FIELDS = ("experiment", "cell", "seed", "settings", "scale", "data", "seconds", "scale_name", "hardware",
+                  "code")
 """The fields :meth:`_Run.record` writes itself; the others of a JSON are results."""
 
 
@@ -879,6 +905,27 @@ def _load_runs(out: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(Path(out).glob("*/*.json"))]
 
 
+def _counted(values: list[str]) -> str:
+    """Distinct values with how many runs have each (``a (3 runs); b (1 run)``), or the value alone when all agree."""
+    counts = {value: values.count(value) for value in sorted(set(values))}
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts.items())
+
+
+def _provenance(runs: list[dict]) -> str:
+    """Where the numbers come from: scale, hardware, code version and the wall time the runs took together."""
+    seconds = sum(run["seconds"] for run in runs)  # a checkpoint shared by two experiments counts once: the
+    hours, minutes = divmod(round(seconds / 60), 60)  # experiment that reuses it finds it made and records no wait
+    return (f"Scale: {_counted([r.get('scale_name') or 'unrecorded' for r in runs])} (defined in "
+            "`hf_genssl/configs/experiments/reproduce.yaml`). "
+            f"Hardware: {_counted([r['hardware'] for r in runs])}. "
+            f"Code: {_counted([r.get('code', 'not recorded') for r in runs])}. "
+            f"Wall time: the {len(runs)} runs' recorded times add up to {hours} h {minutes:02d} min. "
+            "Data: the offline sources of `genssl data prepare`. "
+            "± is the sample standard deviation (ddof = 1) over seeds.")
+
+
 def summarise(out: Path, quick: bool, definitions: Definitions | None = None) -> str:
     """Write ``RESULTS.md`` and the plots from the JSON files alone (judged by the pre-registered comparisons of
     ``definitions``, default the shipped ones); return the markdown."""
@@ -887,10 +934,7 @@ def summarise(out: Path, quick: bool, definitions: Definitions | None = None) ->
         lines += ["**Quick mode: a smoke test with a few steps. These numbers are not evidence.**", ""]
     runs = _load_runs(out)
     if runs:
-        scales = sorted({r.get("scale_name") or "unrecorded" for r in runs})
-        lines += [(f"Scale: {', '.join(scales)} (defined in `hf_genssl/configs/experiments/reproduce.yaml`). "
-                   f"Hardware: {runs[0]['hardware']}. Data: the offline sources of `genssl data prepare`. "
-                   "± is the sample standard deviation (ddof = 1) over seeds."), ""]
+        lines += [_provenance(runs), ""]
         by_experiment = {experiment: _by_cell(runs, experiment) for experiment in EXPERIMENTS}
         definitions = definitions or load_definitions()
         lines += _claims_section(judge_comparisons(runs, definitions=definitions), by_experiment,
@@ -937,6 +981,14 @@ def update_readme(readme: str | Path, out: str | Path = "results/small") -> None
     path.write_text(head + readme_block(Path(out), prefix) + rest.split(end, 1)[1])
 
 
+def _warn_if_other_code(out: Path) -> None:
+    """A resumed run skips the cells it finds: say so when other code made them (RESULTS.md lists every version)."""
+    current = _code_version()
+    if other := sorted({run.get("code", "not recorded") for run in _load_runs(out)} - {current}):
+        logger.warning("%s holds runs made by other code (%s) than this one (%s); they are kept and reported as "
+                       "such. For results from one version, rerun into a fresh --out.", out, "; ".join(other), current)
+
+
 RUNNERS = {"classification": run_classification, "generation": run_generation,
            "vision_classification": run_vision_classification, "vision_generation": run_vision_generation}
 
@@ -979,6 +1031,7 @@ def run_reproduce(out_dir: str | None = None, scale: str = "default", quick: boo
     chosen = replace(definitions.scales[name], name=name, only=tuple(cells))
     out = Path(out_dir or default_out(name))
     out.mkdir(parents=True, exist_ok=True)
+    _warn_if_other_code(out)
     options = {"classification": {"glue": glue}}
     for experiment in EXPERIMENTS:
         if experiment in experiments:

@@ -524,3 +524,43 @@ def test_definitions_come_from_the_packaged_yaml_and_are_read_only():
         definitions.scales["tiny"] = definitions.scales["quick"]
     with pytest.raises(ValueError, match="Unknown keys"):
         reproduce.Definitions.from_dict({**shipped, "classification_cell": {}})
+
+
+def test_every_run_records_the_code_that_made_it_and_results_md_says_so(tmp_path, monkeypatch, caplog):
+    """A run resumed across sessions may mix code versions: every JSON records its version (the git commit in a
+    checkout), RESULTS.md lists each with its count beside the summed wall time, and resuming warns."""
+    import subprocess
+
+    def runner(out, scale, cache_dir, definitions, **options):
+        for run in reproduce._pending(out, "classification", definitions.classification_cells, scale):
+            run.started -= 1800  # half an hour each
+            run.record("fake", scores={"task": 0.5}, average=0.5,
+                       label_connectivity={"k": 10, "knn_accuracy": 0.5, "same_class_fraction": 0.5})
+
+    for experiment in reproduce.EXPERIMENTS:
+        monkeypatch.setitem(reproduce.RUNNERS, experiment, runner)
+    definitions = dataclasses.replace(
+        reproduce.load_definitions(), classification_cells={"a": {"objective": "ar"}}, classification_controls={},
+        comparisons=(), borderline=None, scales={"small": reproduce.Scale({}, 1, 8, 1, seeds=3)})
+    (tmp_path / "classification").mkdir()
+    old = {"experiment": "classification", "cell": "a", "seed": 0, "settings": {}, "scale": {}, "data": "fake",
+           "scores": {"task": 0.5}, "average": 0.5, "seconds": 600.0, "scale_name": "small", "hardware": "h",
+           "label_connectivity": {"k": 10, "knn_accuracy": 0.5, "same_class_fraction": 0.5}}
+    (tmp_path / "classification" / "a-seed0.json").write_text(json.dumps(old))  # made before versions were recorded
+    with caplog.at_level("WARNING", logger="hf_genssl.reproduce"):
+        text = reproduce.run_reproduce(str(tmp_path), scale="small", experiments=("classification",),
+                                       definitions=definitions)
+    assert "holds runs made by other code (not recorded)" in caplog.text
+    current = json.loads((tmp_path / "classification" / "a-seed1.json").read_text())["code"]
+    from hf_genssl import __version__
+
+    root = Path(reproduce.__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        assert current.startswith(f"hf_genssl {__version__}, git {head}"), current
+    else:
+        assert current == f"hf_genssl {__version__}"
+    assert f"Code: {current} (2 runs); not recorded (1 run)." in text  # sorted: "hf_genssl" < "not recorded"
+    assert "Wall time: the 3 runs' recorded times add up to 1 h 10 min." in text
+    assert "Hardware: h (1 run); " in text

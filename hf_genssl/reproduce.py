@@ -915,13 +915,14 @@ def _counted(values: list[str]) -> str:
 
 def _provenance(runs: list[dict]) -> str:
     """Where the numbers come from: scale, hardware, code version and the wall time the runs took together."""
-    seconds = sum(run["seconds"] for run in runs)  # a checkpoint shared by two experiments counts once: the
-    hours, minutes = divmod(round(seconds / 60), 60)  # experiment that reuses it finds it made and records no wait
+    timed = [run["seconds"] for run in runs if "seconds" in run]  # a checkpoint shared by two experiments counts
+    hours, minutes = divmod(round(sum(timed) / 60), 60)  # once: the one that reuses it finds it made, no wait
+    untimed = f" ({len(runs) - len(timed)} without a recorded time)" if len(timed) < len(runs) else ""
     return (f"Scale: {_counted([r.get('scale_name') or 'unrecorded' for r in runs])} (defined in "
             "`hf_genssl/configs/experiments/reproduce.yaml`). "
             f"Hardware: {_counted([r['hardware'] for r in runs])}. "
             f"Code: {_counted([r.get('code', 'not recorded') for r in runs])}. "
-            f"Wall time: the {len(runs)} runs' recorded times add up to {hours} h {minutes:02d} min. "
+            f"Wall time: the {len(runs)} runs' recorded times add up to {hours} h {minutes:02d} min{untimed}. "
             "Data: the offline sources of `genssl data prepare`. "
             "± is the sample standard deviation (ddof = 1) over seeds.")
 

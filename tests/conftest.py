@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import random
 import shutil
@@ -54,6 +55,17 @@ WORDS = (
 def make_texts(n: int = 400, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))).capitalize() + "." for _ in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def _logger_levels_restored():
+    """`genssl` (cli.main) sets logger levels for the whole process, as a command should (the `accelerate` logger
+    to WARNING); a test that calls it must not change what the tests after it see."""
+    loggers = [logging.getLogger(), logging.getLogger("accelerate"), logging.getLogger("hf_genssl")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

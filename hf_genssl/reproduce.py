@@ -451,8 +451,22 @@ def _held_out_texts(scale: Scale, cache_dir) -> dict[str, list[str]]:
     for document in documents:  # 64-word passages: one "sample" of the paper's Figure 2 each
         words = document.split()
         passages += [" ".join(words[i : i + 64]) for i in range(0, len(words) - 63, 64)]
-    return {"in_domain": documents[: scale.ppl_texts], "test": _interleaved_by_source(corpus["test"], scale.ppl_texts),
-            "out_of_domain": ood, "passages": passages[: scale.connectivity_samples]}
+    test = [_first_words(text, TEST_WORDS) for text in _interleaved_by_source(corpus["test"], scale.ppl_texts)]
+    return {"in_domain": documents[: scale.ppl_texts], "test": test, "out_of_domain": ood,
+            "passages": passages[: scale.connectivity_samples]}
+
+
+TEST_WORDS = 1000
+"""Test-split documents are scored on their first 1,000 words. A Shakespeare play is 20,000-27,000 words and a SOTU
+address 3,500-7,000, against a few hundred for a news story (the validation texts are news, 3,100 words for the
+first five); a masked model scores every token with a forward row of its own, so whole documents made one masked
+cell's evaluation take 7 minutes at the small scale and let one play outweigh every other text."""
+
+
+def _first_words(text: str, count: int) -> str:
+    """``text`` up to the end of its ``count``-th word, its line breaks and spacing kept."""
+    ends = [match.end() for match in re.finditer(r"\S+", text)]
+    return text if len(ends) <= count else text[: ends[count - 1]]
 
 
 def run_generation(out: Path, scale: Scale, cache_dir, definitions: Definitions) -> None:
@@ -461,7 +475,8 @@ def run_generation(out: Path, scale: Scale, cache_dir, definitions: Definitions)
 
     texts = _held_out_texts(scale, cache_dir)
     data = (f"corpus validation split, {len(texts['in_domain'])} texts; test split, {len(texts['test'])} texts taken "
-            f"in turn from each source; out of domain: {len(texts['out_of_domain'])} Rotten Tomatoes sentences; "
+            f"in turn from each source, first {TEST_WORDS:,} words of each; out of domain: "
+            f"{len(texts['out_of_domain'])} Rotten Tomatoes sentences; "
             f"connectivity: {len(texts['passages'])} 64-word validation passages")
     reference = {cell: definitions.classification_cells[cell] for cell in ("ar", "semi_ar_g2")}
     cells = {**definitions.generation_cells, **reference}

@@ -564,3 +564,21 @@ def test_every_run_records_the_code_that_made_it_and_results_md_says_so(tmp_path
     assert f"Code: {current} (2 runs); not recorded (1 run)." in text  # sorted: "hf_genssl" < "not recorded"
     assert "Wall time: the 3 runs' recorded times add up to 1 h 10 min." in text
     assert "Hardware: h (1 run); " in text
+
+
+def test_test_split_documents_are_scored_on_their_first_thousand_words(monkeypatch):
+    """A Shakespeare play (20,000+ words) made one masked cell's test-split scoring take minutes and outweigh every
+    other text: each test document is cut after its 1,000th word, its own line breaks kept."""
+    from datasets import Dataset
+
+    from hf_genssl import data
+
+    play = "\n".join(f"LINE{i} to be  or not" for i in range(1000))  # 5,000 words, two spaces kept
+    test = Dataset.from_dict({"text": ["short news story.", play], "source": ["news", "shakespeare"]})
+    corpus = {"validation": Dataset.from_dict({"text": ["a b c"], "source": ["news"]}), "test": test}
+    monkeypatch.setattr(data, "load_pretraining_corpus", lambda **kwargs: corpus)
+    monkeypatch.setattr(data, "load_task", lambda *args, **kwargs: {"test": {"sentence": ["ood"]}})
+    texts = reproduce._held_out_texts(reproduce.Scale({}, 1, 8, ppl_texts=2, seeds=1), cache_dir=None)
+    assert texts["test"][0] == "short news story."
+    assert len(texts["test"][1].split()) == reproduce.TEST_WORDS == 1000
+    assert texts["test"][1] == play[: len(texts["test"][1])] and texts["test"][1].endswith("LINE199 to be  or not")

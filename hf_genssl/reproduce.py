@@ -206,9 +206,9 @@ def _hardware() -> str:
 
 
 def _code_version() -> str:
-    """hf_genssl's version and, when it runs from a git checkout, the commit (``+ uncommitted changes`` when tracked
-    files differ from it): recorded in every JSON, so that a run resumed across sessions shows which code made each
-    cell. An installed package (no checkout of its own) gives the version alone."""
+    """hf_genssl's version and, when it runs from a git checkout, the commit (``+ uncommitted changes`` when the
+    package's tracked files differ from it; results and READMEs a run writes do not count): recorded in every JSON,
+    so that a run resumed across sessions shows which code made each cell. An installed package (no checkout of its own) gives the version alone."""
     from . import __version__
 
     version = f"hf_genssl {__version__}"
@@ -219,8 +219,8 @@ def _code_version() -> str:
     try:
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                                 timeout=30).stdout.strip()
-        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                 text=True, check=True, timeout=30).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "hf_genssl"],
+                                 capture_output=True, text=True, check=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return version
     return f"{version}, git {commit}{' + uncommitted changes' if changed else ''}"

@@ -208,7 +208,8 @@ def _hardware() -> str:
 def _code_version() -> str:
     """hf_genssl's version and, when it runs from a git checkout, the commit (``+ uncommitted changes`` when the
     package's tracked files differ from it; results and READMEs a run writes do not count): recorded in every JSON,
-    so that a run resumed across sessions shows which code made each cell. An installed package (no checkout of its own) gives the version alone."""
+    so that a run resumed across sessions shows which code made each cell. An installed package (no checkout of its
+    own) gives the version alone."""
     from . import __version__
 
     version = f"hf_genssl {__version__}"

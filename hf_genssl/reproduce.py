@@ -44,6 +44,7 @@ import re
 import statistics
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -923,10 +924,10 @@ def _load_runs(out: Path) -> list[dict]:
 
 def _counted(values: list[str]) -> str:
     """Distinct values with how many runs have each (``a (3 runs); b (1 run)``), or the value alone when all agree."""
-    counts = {value: values.count(value) for value in sorted(set(values))}
+    counts = Counter(values)
     if len(counts) == 1:
         return next(iter(counts))
-    return "; ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in counts.items())
+    return "; ".join(f"{value} ({n} run{'s' if n > 1 else ''})" for value, n in sorted(counts.items()))
 
 
 def _provenance(runs: list[dict]) -> str:

@@ -206,24 +206,28 @@ def _hardware() -> str:
     return f"{platform.machine()}, {device}, torch {torch.__version__}"
 
 
-def _code_version() -> str:
-    """hf_genssl's version and, when it runs from a git checkout, the commit (``+ uncommitted changes`` when the
-    package's tracked files differ from it; results and READMEs a run writes do not count): recorded in every JSON,
-    so that a run resumed across sessions shows which code made each cell. An installed package (no checkout of its
-    own) gives the version alone."""
+def _code_version(root: Path | None = None) -> str:
+    """hf_genssl's version and, when it runs from a git checkout, the newest commit that changed the package
+    (``hf_genssl/``, the experiment definitions included), with ``+ uncommitted changes`` when its tracked files
+    differ from it: recorded in every JSON, so that a run resumed across sessions shows which code made each cell.
+    Commits of results or READMEs alone do not change it, so a long run can commit its JSON files as it goes. An
+    installed package (no checkout of its own) gives the version alone. ``root``: the checkout (default: the one
+    this file is in)."""
     from . import __version__
 
     version = f"hf_genssl {__version__}"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
     if not (root / ".git").exists():  # an installed copy, maybe inside someone else's repository
         return version
     git = ["git", "-C", str(root)]
     try:
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                timeout=30).stdout.strip()
+        commit = subprocess.run([*git, "log", "-1", "--format=%h", "HEAD", "--", "hf_genssl"], capture_output=True,
+                                text=True, check=True, timeout=30).stdout.strip()
         changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "hf_genssl"],
                                  capture_output=True, text=True, check=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
+        return version
+    if not commit:  # a checkout whose history has no hf_genssl/ (not ours)
         return version
     return f"{version}, git {commit}{' + uncommitted changes' if changed else ''}"
 

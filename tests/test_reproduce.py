@@ -556,14 +556,47 @@ def test_every_run_records_the_code_that_made_it_and_results_md_says_so(tmp_path
 
     root = Path(reproduce.__file__).resolve().parents[1]
     if (root / ".git").exists():
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        assert current.startswith(f"hf_genssl {__version__}, git {head}"), current
+        code = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h", "--", "hf_genssl"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert current.startswith(f"hf_genssl {__version__}, git {code}"), current
     else:
         assert current == f"hf_genssl {__version__}"
     assert f"Code: {current} (2 runs); not recorded (1 run)." in text  # sorted: "hf_genssl" < "not recorded"
     assert "Wall time: the 3 runs' recorded times add up to 1 h 10 min." in text
     assert "Hardware: h (1 run); " in text
+
+
+def test_the_recorded_code_version_is_the_newest_commit_that_changed_the_package(tmp_path):
+    """A default-scale run lasts several sessions and commits its JSON files as it goes: those commits (results,
+    README) must not change the version the next cells record, while any change to ``hf_genssl/`` must."""
+    import subprocess
+
+    from hf_genssl import __version__
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    def commit(message):
+        git("add", "-A")
+        git("commit", "-q", "-m", message)
+        return git("rev-parse", "--short", "HEAD")
+
+    git("init", "-q")
+    (tmp_path / "hf_genssl").mkdir()
+    (tmp_path / "hf_genssl" / "model.py").write_text("x = 1\n")
+    code = commit("code")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a-seed0.json").write_text("{}")
+    (tmp_path / "README.md").write_text("results\n")
+    results = commit("results")
+    assert results != code
+    assert reproduce._code_version(tmp_path) == f"hf_genssl {__version__}, git {code}"
+    (tmp_path / "hf_genssl" / "model.py").write_text("x = 2\n")
+    assert reproduce._code_version(tmp_path) == f"hf_genssl {__version__}, git {code} + uncommitted changes"
+    changed = commit("code again")
+    assert reproduce._code_version(tmp_path) == f"hf_genssl {__version__}, git {changed}"
+    assert reproduce._code_version(tmp_path / "hf_genssl") == f"hf_genssl {__version__}"  # no .git there
 
 
 def test_test_split_documents_are_scored_on_their_first_thousand_words(monkeypatch):

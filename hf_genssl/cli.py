@@ -191,7 +191,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from hf_genssl.reproduce import default_out, run_reproduce, update_readme
+    from hf_genssl.reproduce import default_out, run_reproduce, update_claims, update_readme
 
     out = args.out or default_out(args.scale, args.quick)
     if args.report_only:
@@ -207,6 +207,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                             cache_dir=args.cache_dir, glue=args.glue, cells=tuple(args.cells or ())))
     if args.readme:
         update_readme(args.readme, out)
+    update_claims(out, args.readme)  # results/CLAIMS.md (and its README block): every scale's verdicts side by side
     return 0
 
 

@@ -132,6 +132,73 @@ def test_committed_results_md_and_readme_block_regenerate_byte_for_byte_from_the
     assert block == reproduce.readme_block(folder, link_prefix=f"results/{scale}")
 
 
+def test_committed_claims_summary_and_its_readme_block_regenerate_byte_for_byte(tmp_path):
+    """results/CLAIMS.md (every scale's verdicts side by side) is what `genssl reproduce` writes from the committed
+    JSON files of all the scale folders, and the README's block of it is exactly its rendering."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    for path in (root / "results").glob("*/*/*.json"):
+        (tmp_path / path.parent.parent.name / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / path.parent.parent.name / path.parent.name / path.name)
+    assert reproduce.summarise_scales(tmp_path) == (root / "results" / reproduce.CLAIMS).read_text()
+    readme = (root / "README.md").read_text()
+    begin, end = reproduce.claims_markers()
+    block = readme[readme.index(begin) : readme.index(end) + len(end)]
+    assert block == reproduce.claims_block(root / "results", prefix="results")
+
+
+def test_claims_summary_puts_each_scales_verdict_side_by_side(tmp_path):
+    """Known answers: a clear win at the small scale (held), a missing seed at the default scale (pending), an
+    experiment the default scale has not run (no runs), semi-AR's cost per scale; the quick scale and a scale
+    without a folder get no column, and a folder that is not a scale's gets no summary."""
+    from scipy import stats
+
+    generation = reproduce.ComparisonSpec("semi-AR is as good as AR", "generation", "semi_ar_g2", "ar",
+                                          "perplexity", False, paper="P 1 vs 2")
+    scale = reproduce.Scale({}, 1, 8, 1, seeds=3)
+    definitions = dataclasses.replace(
+        reproduce.load_definitions(), comparisons=(SPEC, generation), borderline=None,
+        scales={name: scale for name in ("quick", "small", "default", "gpu")})
+    small = {("classification", "a"): [0.90, 0.93, 0.91], ("classification", "b"): [0.80, 0.81, 0.82],
+             ("generation", "semi_ar_g2"): [12.0, 13.0, 14.0], ("generation", "ar"): [10.0, 10.0, 10.0]}
+    default = {("classification", "a"): [0.90, 0.91], ("classification", "b"): [0.10, 0.12, 0.11]}
+    for name, cells in (("small", small), ("default", default), ("quick", small)):
+        for (experiment, cell), values in cells.items():
+            (tmp_path / name / experiment).mkdir(parents=True, exist_ok=True)
+            for seed, value in enumerate(values):
+                key = "average" if experiment == "classification" else "perplexity"
+                (tmp_path / name / experiment / f"{cell}-seed{seed}.json").write_text(json.dumps(
+                    {"experiment": experiment, "cell": cell, "seed": seed, key: value, "scale_name": name,
+                     "seconds": 60.0}))
+    p_win = stats.ttest_rel(small["classification", "a"], small["classification", "b"]).pvalue
+    p_cost = stats.ttest_rel(small["generation", "semi_ar_g2"], small["generation", "ar"]).pvalue
+    assert 0.001 < p_win < p_cost < 0.05  # Holm: the smaller p doubled, the larger kept
+
+    reproduce.update_claims(tmp_path / "elsewhere", definitions=definitions)
+    reproduce.update_claims(tmp_path / "quick", definitions=definitions)
+    assert not (tmp_path / reproduce.CLAIMS).exists()
+    readme = tmp_path / "README.md"
+    begin, end = reproduce.claims_markers()
+    readme.write_text(f"# Project\n\n{begin}\nold\n{end}\n\n## After\n")
+    reproduce.update_claims(tmp_path / "small", readme, definitions=definitions)
+    text = (tmp_path / reproduce.CLAIMS).read_text()
+    assert "| claim | paper | small | default |\n" in text  # no quick, no gpu
+    assert "(`small/`: 12 runs, 0 h 12 min of recorded wall time; `default/`: 5 runs, 0 h 05 min" in text
+    assert (f"| a beats b | - | a 0.913 vs b 0.810: **held** (Holm p = {2 * p_win:.3f}, 3 seeds) | **pending** |"
+            in text)
+    assert (f"| semi-AR is as good as AR | P 1 vs 2 | semi_ar_g2 13.0 vs ar 10.0: **not held** "
+            f"(Holm p = {p_cost:.3f}, 3 seeds) | no runs |") in text
+    assert ("- small, validation: semi-AR (g = 2) prefix perplexity +30% against AR (per seed +20%, +30%, +40%; "
+            "seeds 0, 1, 2)") in text
+    assert "- default" not in text
+    rendered = readme.read_text()
+    assert "\nold\n" not in rendered and "## After" in rendered
+    assert rendered == f"# Project\n\n{reproduce.claims_block(tmp_path, prefix='.')}\n\n## After\n"
+    readme.write_text("# no block\n")
+    assert reproduce.update_readme_claims(readme, tmp_path) is False and readme.read_text() == "# no block\n"
+
+
 @pytest.mark.parametrize("experiment,prefix,metric,collator", [
     ("generation", "variable", "perplexity", "DataCollatorForVariableLengthMasking"),
     ("vision_generation", "vit_variable", "l2", "DataCollatorForVariableLengthImageMasking"),
@@ -353,11 +420,13 @@ def test_cli_writes_each_scale_to_its_own_folder(monkeypatch):
     monkeypatch.setattr(reproduce, "run_reproduce",
                         lambda out, **kwargs: calls.append(("run", out, kwargs["scale"])) or "")
     monkeypatch.setattr(reproduce, "update_readme", lambda readme, out: calls.append(("readme", readme, out)))
+    monkeypatch.setattr(reproduce, "update_claims", lambda out, readme: calls.append(("claims", out, readme)))
     assert cli.main(["reproduce", "--scale", "small", "--readme", "README.md"]) == 0
     assert cli.main(["reproduce", "--quick", "--experiments", "classification"]) == 0
     assert cli.main(["reproduce", "--out", "elsewhere"]) == 0
     assert calls == [("run", "results/small", "small"), ("readme", "README.md", "results/small"),
-                     ("run", "results/quick", "default"), ("run", "elsewhere", "default")]
+                     ("claims", "results/small", "README.md"), ("run", "results/quick", "default"),
+                     ("claims", "results/quick", None), ("run", "elsewhere", "default"), ("claims", "elsewhere", None)]
 
 
 def test_cells_flag_runs_only_the_named_cells_and_refuses_unknown_ones(tmp_path, monkeypatch, capsys):

@@ -359,6 +359,9 @@ class GenSSLViTModel(GenSSLViTPreTrainedModel):
             keep_index, keep_mask = _selected_indices(patch_gids < last_group)
             content = torch.cat([content[:, :1], gather_rows(content[:, 1:], keep_index)], dim=1)
             patch_gids = patch_gids.gather(1, keep_index)
+            # Padding rows point at patches at or above the last selected group, which the group rule already
+            # hides from every kept row; the padding mask says so explicitly, so that correctness does not rest
+            # on where _selected_indices lets the padding point (removing it changes no output today).
             key_padding_mask = torch.cat([keep_mask.new_ones(batch_size, 1), keep_mask], dim=1)
         content_gids = torch.cat([cls_gid, patch_gids], dim=1)
         mask = GroupVisibility(torch.cat([content_gids + 1, query_limits], dim=1), content_gids, key_padding_mask)

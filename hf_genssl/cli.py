@@ -288,10 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these cells and controls (names as in reproduce.yaml, e.g. ar bag_of_words); "
                         "RESULTS.md still reports every cell found")
     p.add_argument("--cache-dir")
-    p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block")
+    p.add_argument("--readme", help="also copy RESULTS.md into this README's generated results block (and "
+                                    "results/CLAIMS.md, every scale's verdicts, into its claims block if it has one)")
     p.add_argument("--glue", action="store_true", help="also fine-tune on real GLUE (needs the Hub; use a fresh --out)")
     p.add_argument("--report-only", action="store_true",
-                   help="run nothing: regenerate RESULTS.md and the plots from the JSON files in the results folder")
+                   help="run nothing: regenerate RESULTS.md, the plots and results/CLAIMS.md from the JSON files")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("theory", help="co-occurrence spectra of the paper's Theorem 4.2 toy model")

@@ -27,8 +27,9 @@ Four experiments, each cell run for several seeds, every run written to
 
 The claims are the pre-registered ``comparisons`` of the definitions file, judged together by the rule of
 :mod:`hf_genssl.stats` (paired t-test across seeds, Holm-corrected across the run, "held" only at corrected
-p < 0.05; "pending" while a cell lacks a seed). ``--quick`` is a smoke test of the same code path (few steps):
-its numbers are not evidence.
+p < 0.05; "pending" while a cell lacks a seed). ``results/CLAIMS.md`` (:func:`summarise_scales`) puts each claim's
+verdict at every scale side by side. ``--quick`` is a smoke test of the same code path (few steps): its numbers
+are not evidence.
 
 ``--glue`` adds the real GLUE tasks to the classification experiment where the Hub is reachable (never run here:
 these machines have no Hub access).

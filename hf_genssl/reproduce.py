@@ -819,8 +819,9 @@ def _classification_section(by_cell: dict[str, list[dict]]) -> list[str]:
     return lines + _label_connectivity_lines(by_cell, "the BBC news evaluation split") + [""]
 
 
-def _costs_lines(by_cell: dict[str, list[dict]]) -> list[str]:
-    """What semi-AR (g = 2) costs against AR in prefix perplexity, per seed (paired), on every split measured."""
+def _perplexity_costs(by_cell: dict[str, list[dict]]) -> list[str]:
+    """What semi-AR (g = 2) costs against AR in prefix perplexity, per seed (paired), one line per split measured
+    (``validation: semi-AR (g = 2) prefix perplexity +27% against AR (per seed ...)``)."""
     if not {"ar", "semi_ar_g2"} <= set(by_cell):
         return []
     lines = []
@@ -830,11 +831,16 @@ def _costs_lines(by_cell: dict[str, list[dict]]) -> list[str]:
         seeds = sorted(set(ar) & set(semi))
         if seeds:
             ratios = [100 * (semi[s] / ar[s] - 1) for s in seeds]
-            lines.append(f"- {where}: semi-AR (g = 2) prefix perplexity {statistics.mean(ratios):+.0f}% against AR "
+            lines.append(f"{where}: semi-AR (g = 2) prefix perplexity {statistics.mean(ratios):+.0f}% against AR "
                          f"(per seed {', '.join(f'{x:+.0f}%' for x in ratios)}; seeds {', '.join(map(str, seeds))})")
-    if not lines:
+    return lines
+
+
+def _costs_lines(by_cell: dict[str, list[dict]]) -> list[str]:
+    """The generation section's cost paragraph (:func:`_perplexity_costs` as a list), or nothing."""
+    if not (costs := _perplexity_costs(by_cell)):
         return []
-    return ["", "**Cost of semi-AR (g = 2) against AR** (same tokens, same steps):", "", *lines]
+    return ["", "**Cost of semi-AR (g = 2) against AR** (same tokens, same steps):", "", *(f"- {c}" for c in costs)]
 
 
 def _fixed_masks_lines(by_cell: dict[str, list[dict]]) -> list[str]:
@@ -1006,13 +1012,26 @@ def update_readme(readme: str | Path, out: str | Path = "results/small") -> None
     """Replace the README's generated block of ``out`` with its current ``RESULTS.md`` (see :func:`readme_block`);
     a README holds one block per results folder (e.g. ``results/small`` and ``results/default``)."""
     path = Path(readme)
-    text = path.read_text()
-    prefix = Path(os.path.relpath(Path(out).resolve(), path.resolve().parent)).as_posix()
+    prefix = _seen_from(path, out)
     begin, end = readme_markers(prefix)
-    if begin not in text or end not in text:
+    if not _replace_block(path, begin, end, readme_block(Path(out), prefix)):
         raise ValueError(f"{path} has no results block for {prefix}; add the two lines {begin!r} and {end!r}.")
+
+
+def _seen_from(readme: Path, folder: str | Path) -> str:
+    """``folder`` as a path relative to the README's folder (how the README's links and markers name it)."""
+    return Path(os.path.relpath(Path(folder).resolve(), readme.resolve().parent)).as_posix()
+
+
+def _replace_block(readme: Path, begin: str, end: str, block: str) -> bool:
+    """Replace the README's text from the line ``begin`` to the line ``end`` (both included) with ``block``, which
+    carries the two lines itself; return ``False`` and write nothing when the README lacks either line."""
+    text = readme.read_text()
+    if begin not in text or end not in text:
+        return False
     head, rest = text.split(begin, 1)
-    path.write_text(head + readme_block(Path(out), prefix) + rest.split(end, 1)[1])
+    readme.write_text(head + block + rest.split(end, 1)[1])
+    return True
 
 
 CLAIMS = "CLAIMS.md"
@@ -1025,11 +1044,14 @@ def claims_markers() -> tuple[str, str]:
             "results/<scale>/) -->", "<!-- claims:end -->")
 
 
+def _evidence_scales(definitions: Definitions) -> list[str]:
+    """The scales whose runs are evidence, in the definitions' order: all but ``quick``, a smoke test."""
+    return [name for name in definitions.scales if name != "quick"]
+
+
 def _scale_folders(root: Path, definitions: Definitions) -> dict[str, Path]:
-    """The scale folders under ``root`` that hold runs (``root/<scale>/``), in the definitions' order; the quick
-    scale is a smoke test, never evidence, so it is left out."""
-    return {name: root / name for name in definitions.scales
-            if name != "quick" and any((root / name).glob("*/*.json"))}
+    """The folders ``root/<scale>/`` of the evidence scales that hold runs."""
+    return {name: root / name for name in _evidence_scales(definitions) if any((root / name).glob("*/*.json"))}
 
 
 def _summary_cell(j: _Judged | None, runs: dict[str, dict[str, list[dict]]]) -> str:
@@ -1071,10 +1093,10 @@ def summarise_scales(root: str | Path = "results", definitions: Definitions | No
         if spec.verdict:
             lines.append(f"| {spec.claim} | {spec.paper} | "
                          + " | ".join(_summary_cell(judged[name].get(spec), runs[name]) for name in folders) + " |")
-    costs = [(name, _costs_lines(runs[name]["generation"])) for name in folders]
-    if any(lines_ for _, lines_ in costs):
-        lines += ["", "**Cost of semi-AR (g = 2) against AR in prefix perplexity** (same tokens, same steps):", ""]
-        lines += [f"- {name}, {line[2:]}" for name, lines_ in costs for line in lines_[3:]]
+    costs = [f"- {name}, {cost}" for name in folders for cost in _perplexity_costs(runs[name]["generation"])]
+    if costs:
+        lines += ["", "**Cost of semi-AR (g = 2) against AR in prefix perplexity** (same tokens, same steps):", "",
+                  *costs]
     text = "\n".join(lines) + "\n"
     (root / CLAIMS).write_text(text)
     return text
@@ -1094,14 +1116,7 @@ def update_readme_claims(readme: str | Path, root: str | Path = "results") -> bo
     """Replace the README's cross-scale block (:func:`claims_block`) with the current ``root/CLAIMS.md``. A README
     without the block is left alone (it is optional, unlike a scale's block): return whether it had one."""
     path = Path(readme)
-    text = path.read_text()
-    begin, end = claims_markers()
-    if begin not in text or end not in text:
-        return False
-    prefix = Path(os.path.relpath(Path(root).resolve(), path.resolve().parent)).as_posix()
-    head, rest = text.split(begin, 1)
-    path.write_text(head + claims_block(root, prefix) + rest.split(end, 1)[1])
-    return True
+    return _replace_block(path, *claims_markers(), claims_block(root, _seen_from(path, root)))
 
 
 def update_claims(out: str | Path, readme: str | Path | None = None, definitions: Definitions | None = None) -> None:
@@ -1109,7 +1124,7 @@ def update_claims(out: str | Path, readme: str | Path | None = None, definitions
     cross-scale summary ``<root>/CLAIMS.md`` and the README's block of it (if the README has one)."""
     definitions = definitions or load_definitions()
     out = Path(out)
-    if out.name not in definitions.scales or out.name == "quick":
+    if out.name not in _evidence_scales(definitions):
         return
     summarise_scales(out.parent, definitions)
     if readme is not None:

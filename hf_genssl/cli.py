@@ -166,6 +166,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     result = run_pretraining(config, overrides, resume=resume)
     if PartialState().is_main_process:  # under DDP every process returns the same result: print it once
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    import torch.distributed
+
+    # Under `accelerate launch` this process ends here. run_pretraining leaves the process group to its caller (a
+    # user's script may go on using it); the command is the caller, so it releases gloo / NCCL before the
+    # interpreter's teardown does, where gloo can abort a finished run (SIGABRT) and NCCL warns.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -118,6 +118,20 @@ def test_every_pretraining_field_is_a_flag_and_only_given_flags_override_the_con
     assert seen["overrides"] == {"group_size": 3} and seen["resume"] is True and seen["config"] == "tiny"
 
 
+def test_pretrain_command_releases_the_process_group_it_ends_in(monkeypatch, tmp_path):
+    """Under `accelerate launch` `genssl pretrain` left the process group to the interpreter's teardown."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr("hf_genssl.pretraining.run_pretraining", lambda config, overrides, resume: {"steps": 1})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert cli.main(["pretrain", "--config", "tiny"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_every_finetuning_field_is_a_flag(monkeypatch):
     """`max_eval_samples`, `max_length`, `lora_r` and `seed` could not be set from the command line."""
     from hf_genssl.finetuning import FinetuneConfig

@@ -300,6 +300,7 @@ from accelerate import PartialState
 state = PartialState()
 Path(config["output_dir"], f"seen-{state.process_index}.json").write_text(json.dumps(
     {"world": state.num_processes, "steps": result["steps"], "batches": seen}))
+state.destroy_process_group()  # as `genssl pretrain` does at its end
 """
 
 

@@ -164,15 +164,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     config, resume = flags.pop("config"), flags.pop("resume")
     overrides = {**parse_overrides(flags.pop("override")), **flags}
     result = run_pretraining(config, overrides, resume=resume)
-    if PartialState().is_main_process:  # under DDP every process returns the same result: print it once
+    state = PartialState()
+    if state.is_main_process:  # under DDP every process returns the same result: print it once
         print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
-    import torch.distributed
-
     # Under `accelerate launch` this process ends here. run_pretraining leaves the process group to its caller (a
     # user's script may go on using it); the command is the caller, so it releases gloo / NCCL before the
-    # interpreter's teardown does, where gloo can abort a finished run (SIGABRT) and NCCL warns.
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # interpreter's teardown does, where gloo can abort a finished run (SIGABRT) and NCCL warns. Accelerate's
+    # helper: a no-op without a group, and for processes forked by notebook_launcher, whose parent owns it.
+    state.destroy_process_group()
     return 0
 
 
